@@ -25,7 +25,9 @@ class SupervisorError(Exception):
     status = 500
     type = "internal"
 
-    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field

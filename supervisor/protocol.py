@@ -90,6 +90,13 @@ class Endpoint(msgspec.Struct, omit_defaults=True):
     response: EndpointResponse = msgspec.field(default_factory=EndpointResponse)
 
     @property
+    def result_type(self) -> str | None:
+        """The JSON type of the function's value; ``None`` for file responses (value as is)."""
+        if not self.response.media_type.startswith(JSON) or self.response.schema is None:
+            return None
+        return self.response.schema.type
+
+    @property
     def full_url(self) -> str:
         return self.url.rstrip("/") + "/" + self.path.lstrip("/")
 
@@ -225,7 +232,9 @@ def validate_node(node: DeploymentNode) -> None:
             check_name(mount, f"modules[{i}].urls.other.{mount}")
     for mod_name, funcs in node.endpoints.items():
         if mod_name not in names:
-            raise ProtocolError(f"endpoint for unlisted module {mod_name!r}", field=f"endpoints.{mod_name}")
+            raise ProtocolError(
+                f"endpoint for unlisted module {mod_name!r}", field=f"endpoints.{mod_name}"
+            )
         for func in funcs:
             check_name(func, f"endpoints.{mod_name}.{func}")
     for mod_name, funcs_mounts in node.mounts.items():
@@ -235,7 +244,9 @@ def validate_node(node: DeploymentNode) -> None:
                     where = f"mounts.{mod_name}.{func}.{stage}[{j}].path"
                     check_name(m.path, where)
                     if m.stage != stage:
-                        raise ProtocolError(f"mount listed under {stage} has stage {m.stage}", field=where)
+                        raise ProtocolError(
+                            f"mount listed under {stage} has stage {m.stage}", field=where
+                        )
             for j, m in enumerate(fm.deployment):
                 mod = next((x for x in node.modules if x.name == mod_name), None)
                 if mod is None or m.path not in mod.urls.other:
@@ -259,13 +270,17 @@ def validate_node(node: DeploymentNode) -> None:
                 raise ProtocolError("digest must be sha256:<64 hex>", field=f"{where}.digest")
             for mount, digest in ext.files.items():
                 if not _SHA256.match(digest):
-                    raise ProtocolError("digest must be sha256:<64 hex>", field=f"{where}.files.{mount}")
+                    raise ProtocolError(
+                        "digest must be sha256:<64 hex>", field=f"{where}.files.{mount}"
+                    )
         for mod_name, funcs_limits in node.baton.limits.items():
             for func, lim in funcs_limits.items():
                 for key in ("timeoutMs", "fuel", "memoryBytes"):
                     value = getattr(lim, key)
                     if value is not None and value <= 0:
-                        raise ProtocolError("limits must be positive", field=f"baton.limits.{mod_name}.{func}.{key}")
+                        raise ProtocolError(
+                            "limits must be positive", field=f"baton.limits.{mod_name}.{func}.{key}"
+                        )
 
 
 def normalise_digest(digest: str) -> str:
@@ -309,9 +324,9 @@ class HistoryEntry(msgspec.Struct, omit_defaults=False):
 class Problem(msgspec.Struct, omit_defaults=True):
     """Error body: the reference's ``status``/``result`` keys plus ``type``, ``detail``, ``field``."""
 
+    status: str
     result: str
     type: str
-    status: str = "error"
     detail: str | None = None
     field: str | None = None
 

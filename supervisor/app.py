@@ -1,0 +1,171 @@
+"""Composition root: builds the supervisor's aiohttp application and owns its lifecycle.
+
+Start-up order (torn down in reverse): state store and device id → HTTP client session →
+Wasm runtime → deployments restored from disk (no orchestrator needed) → call service →
+mDNS advertisement → orchestrator registration. On shutdown the call service first refuses
+new calls and lets in-flight ones finish within the shutdown timeout, then mDNS sends its
+goodbye and the state is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from supervisor import protocol
+from supervisor.config import Settings
+from supervisor.deployments import Deployments
+from supervisor.drivers import build_drivers
+from supervisor.errors import NotFound, PayloadTooLarge, SupervisorError
+from supervisor.executions import Executions
+from supervisor.history import History
+from supervisor.http import problem
+from supervisor.mdns import Advertiser
+from supervisor.metrics import Metrics
+from supervisor.platform import CpuSampler, local_ipv4_addresses
+from supervisor.registration import Registrar
+from supervisor.routes import control, functions, meta
+from supervisor.routes.context import SERVICES, Services
+from supervisor.runtime import Runtime
+from supervisor.store import StateStore
+
+_LOGGER = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place errors become problem bodies; never a traceback on the wire."""
+    try:
+        return await handler(request)
+    except SupervisorError as err:
+        return problem(request, err)
+    except web.HTTPRequestEntityTooLarge as err:
+        return problem(request, PayloadTooLarge("request body is too large", detail=err.text))
+    except web.HTTPNotFound:
+        return problem(request, NotFound(f"no route for {request.path}"))
+    except web.HTTPMethodNotAllowed as err:
+        failure = SupervisorError(f"method {request.method} not allowed on {request.path}")
+        failure.status, failure.type = err.status, "method-not-allowed"
+        return problem(request, failure)
+    except web.HTTPException:
+        raise
+    except Exception:
+        _LOGGER.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(request, SupervisorError("internal error; see the supervisor's log"))
+
+
+async def _device_id(store: StateStore) -> str:
+    """The stable device id: generated once, persisted, never derived from the mDNS name."""
+    device = await store.device()
+    if device.get("id"):
+        return str(device["id"])
+    device_id = uuid.uuid4().hex
+    await store.update_device({"id": device_id})
+    return device_id
+
+
+def _registration_body(settings: Settings, device_id: str, addresses: list[str]) -> dict[str, object]:
+    return {
+        "name": settings.name,
+        "host": addresses[0] if addresses else None,
+        "addresses": addresses,
+        "port": settings.port,
+        "protocol": "http",
+        "type": protocol.SERVICE_TYPE,
+        "properties": {
+            "path": "/",
+            "tls": "0",
+            "address": addresses[0] if addresses else "",
+            "id": device_id,
+            "api": str(protocol.API_VERSION),
+        },
+    }
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The application; resources are created when it starts, not here."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[problem_middleware])
+    app.add_routes(control.routes)
+    app.add_routes(meta.routes)
+    app.add_routes(functions.routes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        store = StateStore(settings.state_dir / "state.json")
+        session = aiohttp.ClientSession()
+        drivers = build_drivers(settings.profile.drivers, settings.profile_dir)
+        runtime = Runtime(settings.state_dir / "cache", drivers)
+        advertiser: Advertiser | None = None
+        registrar: Registrar | None = None
+        executions: Executions | None = None
+        try:
+            device_id = await _device_id(store)
+            deployments = Deployments(
+                settings.state_dir, store, runtime, session, max_blob_bytes=settings.max_body_bytes
+            )
+            await deployments.restore()
+            metrics = Metrics()
+            history = History(settings.history_size)
+            executions = Executions(
+                deployments,
+                runtime,
+                history,
+                session,
+                metrics,
+                default_timeout_ms=settings.default_timeout_ms,
+                default_memory_bytes=settings.default_memory_bytes,
+                outbound_timeout_s=settings.outbound_timeout_s,
+            )
+            history.on_evict = executions.discard_workdir
+            svc = Services(
+                settings=settings,
+                device_id=device_id,
+                store=store,
+                drivers=drivers,
+                deployments=deployments,
+                executions=executions,
+                history=history,
+                metrics=metrics,
+                cpu=CpuSampler(),
+                orchestrator_url=(await store.device()).get("orchestratorUrl"),
+            )
+            app[SERVICES] = svc
+            if settings.mdns_enabled:
+                interfaces = list(settings.mdns_interfaces) if settings.mdns_interfaces else None
+                advertiser = Advertiser(
+                    name=settings.name, port=settings.port, device_id=device_id, interfaces=interfaces
+                )
+                await advertiser.start()
+            if settings.orchestrator_url:
+                addresses = list(settings.mdns_interfaces or local_ipv4_addresses())
+                registrar = Registrar(
+                    session,
+                    orchestrator_url=settings.orchestrator_url,
+                    body=_registration_body(settings, device_id, addresses),
+                    renewal_s=settings.renewal_s,
+                )
+                svc.registrar = registrar
+                await registrar.start()
+            _LOGGER.info(
+                "supervisor %s (%s) serving on %s:%d", settings.name, device_id, settings.host, settings.port
+            )
+            yield
+        finally:
+            if executions is not None:
+                await executions.shutdown(settings.shutdown_timeout_s)
+            if registrar is not None:
+                await registrar.stop()
+            if advertiser is not None:
+                await advertiser.stop()
+            await runtime.aclose()
+            await session.close()
+            await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,476 @@
+"""The Wasm runtime: compile, cache and call guest functions under limits.
+
+Theory of operation
+-------------------
+* One ``wasmtime.Engine`` per :class:`Runtime` (one per daemon process), configured for fuel and
+  epoch interruption. ``Engine`` and ``Module`` are thread-safe; nothing else is shared.
+* :meth:`Runtime.load` is blocking and idempotent per digest: deserialize the cached artifact
+  (``<cache_dir>/<digest>-<wasmtime version>-<flags>.cwasm``) or compile and write it, check
+  every import against WASI and the device's drivers, and pre-link an ``InstancePre``.
+* :meth:`Runtime.call` runs in a bounded thread pool. Each call gets a fresh ``Store`` and
+  instance made in its worker thread, so calls are parallel and share no guest state.
+* Time limits are epoch deadlines: one ticker thread increments the engine's epoch every
+  ``tick_s`` while any call runs, and sleeps otherwise. Fuel and memory caps are per store.
+  A thread cannot be cancelled, so a cancelled ``call`` still runs until its own deadline.
+* Every guest failure surfaces as :class:`GuestError`; the daemon never sees a wasmtime error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import wasmtime
+
+from supervisor.drivers import WASI_MODULE, HostDrivers, signature_of, take_host_fault
+from supervisor.errors import GuestError, Unprocessable
+
+_LOGGER = logging.getLogger(__name__)
+
+try:
+    WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored wasmtime
+    WASMTIME_VERSION = "unknown"
+# Compiled artifacts only load into an engine with the same version and config flags.
+ENGINE_FLAGS = "fuel-epoch"
+
+_UNLIMITED_FUEL = 2**62
+_PAGE = 65536
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_NUMERIC = ("i32", "i64", "f32", "f64")
+_INT_RANGE = {"i32": 32, "i64": 64}
+Arg = int | float | bytes
+
+
+@dataclass(frozen=True)
+class FuncSig:
+    """A function export's value types: each of ``"i32" | "i64" | "f32" | "f64"``."""
+
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What a loaded module offers and needs."""
+
+    digest: str  # bare sha256 hex of the wasm bytes
+    exports: Mapping[str, FuncSig]  # function exports only
+    imports: tuple[tuple[str, str], ...]  # (module, name) of function imports
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """Per-call budget; ``fuel=None`` means unlimited."""
+
+    timeout_s: float = 10.0
+    fuel: int | None = None
+    memory_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    info: ModuleInfo
+    pre: Any  # wasmtime.InstancePre
+    memory_min: int  # bytes the exported memory needs at instantiation; 0 if none exported
+
+
+class Runtime:
+    """Loads modules and runs their functions; see the module docstring."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        drivers: HostDrivers,
+        *,
+        max_workers: int | None = None,
+        tick_s: float = 0.01,
+    ) -> None:
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        config.consume_fuel = True
+        self._engine: Any = wasmtime.Engine(config)
+        self._cache_dir = cache_dir
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self._drivers = drivers
+        self._modules: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_workers or os.cpu_count() or 1, thread_name_prefix="wasm-call"
+        )
+        self._closed = False
+        self._tick_s = tick_s
+        self._active = 0
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def load(self, digest: str, wasm: bytes) -> ModuleInfo:
+        """Compile (or deserialize from cache) and link ``wasm``; blocking, idempotent.
+
+        Raises :class:`Unprocessable` for a bad digest, invalid wasm, or an import this
+        device does not provide.
+        """
+        if not _DIGEST.fullmatch(digest):
+            raise Unprocessable(f"invalid module digest {digest!r}: expected 64 hex digits")
+        with self._lock:
+            if digest in self._modules:
+                return self._modules[digest].info
+        # The cache file is trusted because its name is this digest: make sure it is.
+        if hashlib.sha256(wasm).hexdigest() != digest:
+            raise Unprocessable(f"module bytes do not match digest {digest}")
+        if not wasm.startswith(b"\0asm"):
+            # wasmtime would otherwise parse non-binary input as WAT text.
+            raise Unprocessable("invalid wasm: missing the \\0asm header")
+        module = self._compile_cached(digest, wasm)
+        exports: dict[str, FuncSig] = {}
+        memory_min = 0
+        for export in module.exports:
+            ty = export.type
+            if isinstance(ty, wasmtime.FuncType):
+                exports[export.name] = FuncSig(*signature_of(ty))
+            elif isinstance(ty, wasmtime.MemoryType) and export.name == "memory":
+                memory_min = int(ty.limits.min) * int(ty.page_size)
+        imports: list[tuple[str, str]] = []
+        host_imports: list[tuple[str, str, Any]] = []
+        for imp in module.imports:
+            name = str(imp.name or "")
+            wasi = imp.module == WASI_MODULE
+            if not isinstance(imp.type, wasmtime.FuncType) or not (
+                wasi or self._drivers.provides(imp.module, name)
+            ):
+                raise Unprocessable(
+                    f"module imports {imp.module}.{name}, which this device does not provide"
+                )
+            imports.append((str(imp.module), name))
+            if not wasi:
+                host_imports.append((imp.module, name, imp.type))
+        linker = wasmtime.Linker(self._engine)
+        linker.define_wasi()
+        self._drivers.define(linker, host_imports)
+        try:
+            pre = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            raise Unprocessable(f"module cannot be linked: {_reason(exc)}") from None
+        info = ModuleInfo(digest, MappingProxyType(exports), tuple(imports))
+        with self._lock:
+            return self._modules.setdefault(digest, _Loaded(info, pre, memory_min)).info
+
+    def _compile_cached(self, digest: str, wasm: bytes) -> Any:
+        path = self._cache_dir / f"{digest}-{WASMTIME_VERSION}-{ENGINE_FLAGS}.cwasm"
+        if path.is_file():
+            try:
+                return wasmtime.Module.deserialize_file(self._engine, str(path))
+            except wasmtime.WasmtimeError as exc:
+                _LOGGER.warning("Recompiling %s: cached artifact unusable (%s)", digest, exc)
+                path.unlink(missing_ok=True)
+        try:
+            module = wasmtime.Module(self._engine, bytes(wasm))
+        except wasmtime.WasmtimeError as exc:
+            raise Unprocessable(f"invalid wasm: {_reason(exc)}") from None
+        try:
+            _write_atomically(path, bytes(module.serialize()))
+        except OSError as exc:  # the cache only saves time; a full disk must not fail a deploy
+            _LOGGER.warning("Could not cache compiled module %s: %s", digest, exc)
+        return module
+
+    def info(self, digest: str) -> ModuleInfo | None:
+        """The loaded module's info, or None."""
+        with self._lock:
+            loaded = self._modules.get(digest)
+        return loaded.info if loaded else None
+
+    def unload(self, digest: str) -> None:
+        """Forget a loaded module (its disk cache stays); running calls finish normally."""
+        with self._lock:
+            self._modules.pop(digest, None)
+
+    # --- calling ------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        digest: str,
+        func: str,
+        args: Sequence[Arg],
+        *,
+        workdir: Path | None,
+        limits: CallLimits,
+        returns_bytes: bool = False,
+    ) -> int | float | bytes | None:
+        """Run ``func`` in a worker thread on a fresh instance; see the module docstring.
+
+        ``bytes`` arguments are copied into memory from the guest's ``alloc`` and passed as
+        (ptr, len). With ``returns_bytes`` the function returns ``(ptr << 32) | len`` as i64.
+        Raises :class:`GuestError` for every failure of the guest.
+        """
+        if self._closed:
+            raise RuntimeError("the runtime is closed")
+        job = functools.partial(
+            self._call_sync, digest, func, tuple(args), workdir, limits, returns_bytes
+        )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    def _call_sync(
+        self,
+        digest: str,
+        func: str,
+        args: tuple[Arg, ...],
+        workdir: Path | None,
+        limits: CallLimits,
+        returns_bytes: bool,
+    ) -> int | float | bytes | None:
+        with self._lock:
+            loaded = self._modules.get(digest)
+        if loaded is None:
+            raise GuestError("link", f"module {digest} is not loaded")
+        sig = loaded.info.exports.get(func)
+        if sig is None:
+            raise GuestError("abi", f"the module exports no function {func!r}")
+        values = _coerce(func, sig, args, returns_bytes)
+        if loaded.memory_min > limits.memory_bytes:
+            raise GuestError("memory_limit", _memory_message(limits))
+        with self._running():
+            return self._run(loaded, func, values, workdir, limits, returns_bytes)
+
+    def _run(
+        self,
+        loaded: _Loaded,
+        func: str,
+        values: list[Arg],
+        workdir: Path | None,
+        limits: CallLimits,
+        returns_bytes: bool,
+    ) -> int | float | bytes | None:
+        take_host_fault()  # drop a stale record from an earlier call on this thread
+        store = wasmtime.Store(self._engine)
+        instance: Any = None
+        try:
+            store.set_fuel(limits.fuel if limits.fuel is not None else _UNLIMITED_FUEL)
+            store.set_limits(memory_size=limits.memory_bytes)
+            store.set_epoch_deadline(math.ceil(limits.timeout_s / self._tick_s) + 1)
+            try:
+                store.set_wasi(_wasi_config(func, workdir))
+            except wasmtime.WasmtimeError as exc:
+                raise GuestError("link", f"cannot prepare WASI in {workdir}: {exc}") from None
+            instance = loaded.pre.instantiate(store)
+            exports = instance.exports(store)
+            if "_initialize" in loaded.info.exports:
+                exports["_initialize"](store)
+            params: list[int | float] = []
+            for value in values:
+                if isinstance(value, bytes):
+                    params += _pass_bytes(store, exports, value)
+                else:
+                    params.append(value)
+            result = exports[func](store, *params)
+            if returns_bytes:
+                return _read_packed(store, exports, int(result))
+            if result is None or isinstance(result, int | float):
+                return result
+            raise GuestError("abi", f"{func} returned an unsupported value {result!r}")
+        except GuestError:
+            raise
+        except Exception as raised:
+            fault = take_host_fault()
+            exc = fault.error if fault is not None else raised
+            if isinstance(exc, wasmtime.ExitTrap) and exc.code == 0 and not returns_bytes:
+                return None  # WASI proc_exit(0) is a normal end of the call
+            if fault is not None and not isinstance(exc, wasmtime.WasmtimeError | wasmtime.Trap):
+                raise GuestError("trap", f"host function {fault.function} failed: {exc}") from exc
+            memory_full = instance is not None and _memory_full(store, instance, limits)
+            raise _classify(exc, limits, memory_full, instantiating=instance is None) from exc
+        finally:
+            store.close()
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        with self._wake:
+            self._active += 1
+            self._wake.notify()
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._active -= 1
+
+    def _tick(self) -> None:
+        # Sleep on the condition while idle so an idle device does not wake 1/tick_s times a
+        # second; tick on a separate Event wait so a call starting never causes an early tick.
+        while True:
+            with self._wake:
+                while self._active == 0 and not self._stop.is_set():
+                    self._wake.wait()
+            if self._stop.wait(self._tick_s):
+                return
+            self._engine.increment_epoch()
+
+    async def aclose(self) -> None:
+        """Refuse new calls, wait for running ones (still under their deadlines), stop ticking."""
+        if self._closed:
+            return
+        self._closed = True
+        # Running calls need the ticker to reach their deadlines, so stop it only afterwards.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        with self._wake:
+            self._stop.set()
+            self._wake.notify_all()
+        await asyncio.to_thread(self._ticker.join)
+        with self._lock:
+            self._modules.clear()
+
+
+# --- helpers (pure, or per-store) ---------------------------------------------------------------
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _wasi_config(func: str, workdir: Path | None) -> Any:
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = [func]
+    # No env, no stdin and no inherited stdio: a fresh WasiConfig has none of them.
+    if workdir is not None:
+        # Files, not stdout_custom: a live custom-output store makes wasmtime panic at exit.
+        wasi.stdout_file = str(workdir / "stdout.log")
+        wasi.stderr_file = str(workdir / "stderr.log")
+        wasi.preopen_dir(str(workdir), ".", True)
+    return wasi
+
+
+def _coerce(func: str, sig: FuncSig, args: tuple[Arg, ...], returns_bytes: bool) -> list[Arg]:
+    """Check ``args`` against ``sig`` before anything runs; ints wrap to signed, ints->floats."""
+    bad = [t for t in (*sig.params, *sig.results) if t not in _NUMERIC]
+    if bad or len(sig.results) > 1:
+        raise GuestError("abi", f"{func} has an unsupported signature {sig}")
+    width = sum(2 if isinstance(a, bytes | bytearray) else 1 for a in args)
+    if width != len(sig.params):
+        raise GuestError("abi", f"{func} takes {len(sig.params)} parameter(s), got {width}")
+    if returns_bytes and sig.results != ("i64",):
+        raise GuestError("abi", f"{func} must return one i64 (ptr << 32 | len) to return bytes")
+    values: list[Arg] = []
+    index = 0
+    for arg in args:
+        ty = sig.params[index]
+        if isinstance(arg, bytes | bytearray):
+            if sig.params[index : index + 2] != ("i32", "i32"):
+                raise GuestError("abi", f"parameter {index} of {func} is {ty}, got bytes")
+            values.append(bytes(arg))
+            index += 2
+            continue
+        if isinstance(arg, int) and ty in _INT_RANGE:
+            bits = _INT_RANGE[ty]
+            if not -(2 ** (bits - 1)) <= arg < 2**bits:
+                raise GuestError("abi", f"parameter {index} of {func} is out of the {ty} range")
+            values.append(arg - 2**bits if arg >= 2 ** (bits - 1) else arg)
+        elif isinstance(arg, int | float) and ty in ("f32", "f64"):
+            values.append(float(arg))
+        else:
+            raise GuestError("abi", f"parameter {index} of {func} is {ty}, got {arg!r}")
+        index += 1
+    return values
+
+
+def _pass_bytes(store: Any, exports: Any, data: bytes) -> list[int | float]:
+    alloc, memory = exports.get("alloc"), exports.get("memory")
+    if not isinstance(alloc, wasmtime.Func) or not isinstance(memory, wasmtime.Memory):
+        raise GuestError("abi", "bytes arguments need exported memory and alloc(i32) -> i32")
+    ptr = int(alloc(store, len(data))) & _U32
+    if ptr == 0 or ptr + len(data) > memory.data_len(store):
+        raise GuestError("abi", f"alloc({len(data)}) returned an unusable pointer {ptr}")
+    if data:
+        memory.write(store, data, ptr)
+    return [ptr - 2**32 if ptr >= 2**31 else ptr, len(data)]
+
+
+def _read_packed(store: Any, exports: Any, packed: int) -> bytes:
+    memory = exports.get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        raise GuestError("abi", "returning bytes needs an exported memory")
+    packed &= _U64  # i64 results come back signed
+    ptr, length = packed >> 32, packed & _U32
+    if ptr + length > memory.data_len(store):
+        raise GuestError("abi", f"returned bytes {ptr}+{length} lie outside the guest's memory")
+    return bytes(memory.read(store, ptr, ptr + length))
+
+
+def _memory_full(store: Any, instance: Any, limits: CallLimits) -> bool:
+    """Whether one more page would exceed the cap: the guest hit it."""
+    memory = instance.exports(store).get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        return False
+    return int(memory.data_len(store)) + _PAGE > limits.memory_bytes
+
+
+def _classify(
+    exc: BaseException, limits: CallLimits, memory_full: bool, *, instantiating: bool
+) -> GuestError:
+    if isinstance(exc, wasmtime.ExitTrap):
+        return GuestError("exit", f"exited with code {exc.code}")
+    if isinstance(exc, wasmtime.Trap):
+        code = exc.trap_code
+        if code == wasmtime.TrapCode.INTERRUPT:
+            return GuestError("timeout", f"exceeded its time limit of {_ms(limits.timeout_s)} ms")
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return GuestError("out_of_fuel", f"ran out of fuel ({limits.fuel or _UNLIMITED_FUEL} units)")
+        if memory_full:
+            return GuestError("memory_limit", _memory_message(limits))
+        return GuestError("trap", _reason(exc))
+    if isinstance(exc, wasmtime.WasmtimeError):
+        if "exceeds memory limits" in str(exc):
+            return GuestError("memory_limit", _memory_message(limits))
+        return GuestError("link" if instantiating else "trap", _reason(exc))
+    # Arguments are checked before the call, so a plain Python exception here is a host
+    # function's, reported through wasmtime-py's process-wide slot from a concurrent call.
+    return GuestError("trap", f"the guest trapped in a host function ({type(exc).__name__})")
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful line of a wasmtime message: the cause, not the backtrace header."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    cause = next(
+        (line for i, line in enumerate(lines) if line and "Caused by:" in lines[:i]), None
+    )
+    head = lines[0] if lines else type(exc).__name__
+    if cause is None:
+        return head
+    cause = cause.removeprefix("wasm trap: ")
+    return cause if head.startswith("error while executing") else f"{head}: {cause}"
+
+
+def _memory_message(limits: CallLimits) -> str:
+    return f"exceeded its memory limit of {limits.memory_bytes} bytes"
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.0f}" if abs(ms - round(ms)) < 1e-6 else f"{ms:.3f}".rstrip("0")
