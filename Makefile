@@ -45,7 +45,7 @@ test-fast: modules
 	$(BIN)/pytest -q -x $(PYTEST_ARGS)
 
 demo: modules
-	$(BIN)/python -m supervisor.demo
+	$(BIN)/python -m demo $(DEMO_ARGS)
 
 bench: modules
 	$(BIN)/python -m bench

@@ -9,6 +9,8 @@ goodbye and the state is closed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +62,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem(request, SupervisorError("internal error; see the supervisor's log"))
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("%s failed: %s", task.get_name(), task.exception())
+
+
 async def _device_id(store: StateStore) -> str:
     """The stable device id: generated once, persisted, never derived from the mDNS name."""
     device = await store.device()
@@ -70,7 +77,9 @@ async def _device_id(store: StateStore) -> str:
     return device_id
 
 
-def _registration_body(settings: Settings, device_id: str, addresses: list[str]) -> dict[str, object]:
+def _registration_body(
+    settings: Settings, device_id: str, addresses: list[str]
+) -> dict[str, object]:
     return {
         "name": settings.name,
         "host": addresses[0] if addresses else None,
@@ -102,6 +111,7 @@ def build_app(settings: Settings) -> web.Application:
         drivers = build_drivers(settings.profile.drivers, settings.profile_dir)
         runtime = Runtime(settings.state_dir / "cache", drivers)
         advertiser: Advertiser | None = None
+        announcing: asyncio.Task[None] | None = None
         registrar: Registrar | None = None
         executions: Executions | None = None
         try:
@@ -139,9 +149,14 @@ def build_app(settings: Settings) -> web.Application:
             if settings.mdns_enabled:
                 interfaces = list(settings.mdns_interfaces) if settings.mdns_interfaces else None
                 advertiser = Advertiser(
-                    name=settings.name, port=settings.port, device_id=device_id, interfaces=interfaces
+                    name=settings.name,
+                    port=settings.port,
+                    device_id=device_id,
+                    interfaces=interfaces,
                 )
-                await advertiser.start()
+                # Announcing takes ~1.7 s of mDNS probing; serve HTTP meanwhile.
+                announcing = asyncio.create_task(advertiser.start(), name="mdns-announce")
+                announcing.add_done_callback(_log_failure)
             if settings.orchestrator_url:
                 addresses = list(settings.mdns_interfaces or local_ipv4_addresses())
                 registrar = Registrar(
@@ -153,7 +168,11 @@ def build_app(settings: Settings) -> web.Application:
                 svc.registrar = registrar
                 await registrar.start()
             _LOGGER.info(
-                "supervisor %s (%s) serving on %s:%d", settings.name, device_id, settings.host, settings.port
+                "supervisor %s (%s) serving on %s:%d",
+                settings.name,
+                device_id,
+                settings.host,
+                settings.port,
             )
             yield
         finally:
@@ -161,6 +180,10 @@ def build_app(settings: Settings) -> web.Application:
                 await executions.shutdown(settings.shutdown_timeout_s)
             if registrar is not None:
                 await registrar.stop()
+            if announcing is not None:
+                # A failed announcement must not hide the shutdown; it was logged already.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await announcing
             if advertiser is not None:
                 await advertiser.stop()
             await runtime.aclose()

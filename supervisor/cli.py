@@ -10,12 +10,15 @@ from aiohttp import web
 
 from supervisor.app import build_app
 from supervisor.config import ConfigError, settings_from_environment
+from supervisor.drivers import build_drivers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_environment(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
+        # Fail before serving, with the profile named, rather than in the middle of start-up.
+        build_drivers(settings.profile.drivers, settings.profile_dir)
+    except (ConfigError, ValueError) as err:
         print(f"baton-supervisor: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="file holding the bearer token for /deploy and /register")
     p.add_argument(
         "--mdns-interfaces",
-        help="comma-separated addresses to advertise on; 'all' (default) or 'none' (env BATON_MDNS_INTERFACES)",
+        help="comma-separated addresses to advertise on, 'all' (default) or 'none' "
+        "(env BATON_MDNS_INTERFACES)",
     )
     p.add_argument("--history-size", type=int, help="request-history entries kept (default 1000)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env BATON_LOG_LEVEL)")

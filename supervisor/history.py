@@ -37,7 +37,7 @@ class History:
     def __init__(self, limit: int, on_evict: Callable[[Record], None] | None = None) -> None:
         self._limit = limit
         self._records: OrderedDict[str, Record] = OrderedDict()
-        self._on_evict = on_evict
+        self.on_evict = on_evict
         # Latest outputs per (module, file) and (deployment, module, file), for the reference's
         # fixed-path result routes.
         self.latest_outputs: dict[tuple[str, ...], Path] = {}
@@ -68,12 +68,12 @@ class History:
         record.done.set()
         self._evict()
 
-    async def wait(self, record: Record, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for ``record`` to finish; True if it did."""
-        if record.finished or timeout <= 0:
+    async def wait(self, record: Record, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``record`` to finish; True if it did."""
+        if record.finished or seconds <= 0:
             return record.finished
         try:
-            await asyncio.wait_for(record.done.wait(), timeout)
+            await asyncio.wait_for(record.done.wait(), seconds)
         except TimeoutError:
             return False
         return True
@@ -99,5 +99,5 @@ class History:
         stale = [k for k, p in self.latest_outputs.items() if p in record.output_files.values()]
         for key in stale:
             del self.latest_outputs[key]
-        if self._on_evict is not None:
-            self._on_evict(record)
+        if self.on_evict is not None:
+            self.on_evict(record)

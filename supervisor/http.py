@@ -41,7 +41,9 @@ def reply(
 
 
 def problem_body(err: SupervisorError) -> protocol.Problem:
-    return protocol.Problem(status="error", result=err.message, type=err.type, detail=err.detail, field=err.field)
+    return protocol.Problem(
+        status="error", result=err.message, type=err.type, detail=err.detail, field=err.field
+    )
 
 
 def problem(request: web.Request, err: SupervisorError) -> web.Response:

@@ -60,7 +60,7 @@ def build_openapi() -> dict[str, Any]:
             protocol.JSON: {"schema": _OBJECT},
         }
     }
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     paths: dict[str, Any] = {
         protocol.DESCRIPTION_PATH: {
             "get": {

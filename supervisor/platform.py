@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints; results are cast
+import psutil  # psutil ships no type hints; results are cast
 
 __all__ = [
     "CpuSampler",

@@ -247,9 +247,9 @@ def validate_node(node: DeploymentNode) -> None:
                         raise ProtocolError(
                             f"mount listed under {stage} has stage {m.stage}", field=where
                         )
+            owner = next((x for x in node.modules if x.name == mod_name), None)
             for j, m in enumerate(fm.deployment):
-                mod = next((x for x in node.modules if x.name == mod_name), None)
-                if mod is None or m.path not in mod.urls.other:
+                if owner is None or m.path not in owner.urls.other:
                     raise ProtocolError(
                         f"deployment mount {m.path!r} has no data file URL",
                         field=f"mounts.{mod_name}.{func}.deployment[{j}].path",
@@ -322,7 +322,7 @@ class HistoryEntry(msgspec.Struct, omit_defaults=False):
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
-    """Error body: the reference's ``status``/``result`` keys plus ``type``, ``detail``, ``field``."""
+    """Error body: the reference's ``status``/``result`` plus ``type``, ``detail``, ``field``."""
 
     status: str
     result: str

@@ -13,13 +13,14 @@ Theory of operation
   ``tick_s`` while any call runs, and sleeps otherwise. Fuel and memory caps are per store.
   A thread cannot be cancelled, so a cancelled ``call`` still runs until its own deadline.
 * Every guest failure surfaces as :class:`GuestError`; the daemon never sees a wasmtime error.
+  A trap counts as ``memory_limit`` when the exported ``memory`` cannot grow one more page
+  under the cap (wasmtime reports a refused ``memory.grow`` only as -1 to the guest).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -83,6 +84,16 @@ class CallLimits:
     timeout_s: float = 10.0
     fuel: int | None = None
     memory_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Job:
+    digest: str
+    func: str
+    args: tuple[Arg, ...]
+    workdir: Path | None
+    limits: CallLimits
+    returns_bytes: bool
 
 
 @dataclass(frozen=True)
@@ -221,46 +232,33 @@ class Runtime:
 
         ``bytes`` arguments are copied into memory from the guest's ``alloc`` and passed as
         (ptr, len). With ``returns_bytes`` the function returns ``(ptr << 32) | len`` as i64.
-        Raises :class:`GuestError` for every failure of the guest.
+        WASI sees argv ``[func]``, no environment and, only with a ``workdir``, that folder as
+        ``.`` and stdout/stderr in ``workdir/stdout.log`` and ``stderr.log`` (truncated at the
+        start of each call). Raises :class:`GuestError` for every failure of the guest.
         """
         if self._closed:
             raise RuntimeError("the runtime is closed")
-        job = functools.partial(
-            self._call_sync, digest, func, tuple(args), workdir, limits, returns_bytes
+        job = _Job(digest, func, tuple(args), workdir, limits, returns_bytes)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._call_sync, job
         )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
-    def _call_sync(
-        self,
-        digest: str,
-        func: str,
-        args: tuple[Arg, ...],
-        workdir: Path | None,
-        limits: CallLimits,
-        returns_bytes: bool,
-    ) -> int | float | bytes | None:
+    def _call_sync(self, job: _Job) -> int | float | bytes | None:
         with self._lock:
-            loaded = self._modules.get(digest)
+            loaded = self._modules.get(job.digest)
         if loaded is None:
-            raise GuestError("link", f"module {digest} is not loaded")
-        sig = loaded.info.exports.get(func)
+            raise GuestError("link", f"module {job.digest} is not loaded")
+        sig = loaded.info.exports.get(job.func)
         if sig is None:
-            raise GuestError("abi", f"the module exports no function {func!r}")
-        values = _coerce(func, sig, args, returns_bytes)
-        if loaded.memory_min > limits.memory_bytes:
-            raise GuestError("memory_limit", _memory_message(limits))
+            raise GuestError("abi", f"the module exports no function {job.func!r}")
+        values = _coerce(job.func, sig, job.args, job.returns_bytes)
+        if loaded.memory_min > job.limits.memory_bytes:
+            raise GuestError("memory_limit", _memory_message(job.limits))
         with self._running():
-            return self._run(loaded, func, values, workdir, limits, returns_bytes)
+            return self._run(loaded, job, values)
 
-    def _run(
-        self,
-        loaded: _Loaded,
-        func: str,
-        values: list[Arg],
-        workdir: Path | None,
-        limits: CallLimits,
-        returns_bytes: bool,
-    ) -> int | float | bytes | None:
+    def _run(self, loaded: _Loaded, job: _Job, values: list[Arg]) -> int | float | bytes | None:
+        func, limits, workdir = job.func, job.limits, job.workdir
         take_host_fault()  # drop a stale record from an earlier call on this thread
         store = wasmtime.Store(self._engine)
         instance: Any = None
@@ -283,22 +281,24 @@ class Runtime:
                 else:
                     params.append(value)
             result = exports[func](store, *params)
-            if returns_bytes:
+            if job.returns_bytes:
                 return _read_packed(store, exports, int(result))
             if result is None or isinstance(result, int | float):
                 return result
             raise GuestError("abi", f"{func} returned an unsupported value {result!r}")
         except GuestError:
             raise
-        except Exception as raised:
+        except Exception as raised:  # noqa: BLE001 - every guest failure becomes a GuestError
             fault = take_host_fault()
-            exc = fault.error if fault is not None else raised
-            if isinstance(exc, wasmtime.ExitTrap) and exc.code == 0 and not returns_bytes:
+            cause: BaseException = fault.error if fault is not None else raised
+            if _exit_code(cause) == 0 and not job.returns_bytes:
                 return None  # WASI proc_exit(0) is a normal end of the call
-            if fault is not None and not isinstance(exc, wasmtime.WasmtimeError | wasmtime.Trap):
-                raise GuestError("trap", f"host function {fault.function} failed: {exc}") from exc
+            if fault is not None and not _is_wasmtime(cause):
+                raise GuestError(
+                    "trap", f"host function {fault.function} failed: {cause}"
+                ) from cause
             memory_full = instance is not None and _memory_full(store, instance, limits)
-            raise _classify(exc, limits, memory_full, instantiating=instance is None) from exc
+            raise _classify(cause, limits, memory_full, instantiating=instance is None) from cause
         finally:
             store.close()
 
@@ -392,7 +392,7 @@ def _coerce(func: str, sig: FuncSig, args: tuple[Arg, ...], returns_bytes: bool)
             if not -(2 ** (bits - 1)) <= arg < 2**bits:
                 raise GuestError("abi", f"parameter {index} of {func} is out of the {ty} range")
             values.append(arg - 2**bits if arg >= 2 ** (bits - 1) else arg)
-        elif isinstance(arg, int | float) and ty in ("f32", "f64"):
+        elif ty in ("f32", "f64"):
             values.append(float(arg))
         else:
             raise GuestError("abi", f"parameter {index} of {func} is {ty}, got {arg!r}")
@@ -425,23 +425,37 @@ def _read_packed(store: Any, exports: Any, packed: int) -> bytes:
 
 def _memory_full(store: Any, instance: Any, limits: CallLimits) -> bool:
     """Whether one more page would exceed the cap: the guest hit it."""
-    memory = instance.exports(store).get("memory")
-    if not isinstance(memory, wasmtime.Memory):
+    try:
+        memory = instance.exports(store).get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            return False
+        return int(memory.data_len(store)) + _PAGE > limits.memory_bytes
+    except wasmtime.WasmtimeError:  # only used to name the failure; never fail over it
         return False
-    return int(memory.data_len(store)) + _PAGE > limits.memory_bytes
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The WASI exit status if ``exc`` is a ``proc_exit``, else None."""
+    return int(exc.code) if isinstance(exc, wasmtime.ExitTrap) else None
+
+
+def _is_wasmtime(exc: BaseException) -> bool:
+    return isinstance(exc, wasmtime.WasmtimeError | wasmtime.Trap)
 
 
 def _classify(
     exc: BaseException, limits: CallLimits, memory_full: bool, *, instantiating: bool
 ) -> GuestError:
-    if isinstance(exc, wasmtime.ExitTrap):
-        return GuestError("exit", f"exited with code {exc.code}")
+    code = _exit_code(exc)
+    if code is not None:
+        return GuestError("exit", f"exited with code {code}")
     if isinstance(exc, wasmtime.Trap):
-        code = exc.trap_code
-        if code == wasmtime.TrapCode.INTERRUPT:
+        trap_code = exc.trap_code
+        if trap_code == wasmtime.TrapCode.INTERRUPT:
             return GuestError("timeout", f"exceeded its time limit of {_ms(limits.timeout_s)} ms")
-        if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return GuestError("out_of_fuel", f"ran out of fuel ({limits.fuel or _UNLIMITED_FUEL} units)")
+        if trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+            fuel = limits.fuel or _UNLIMITED_FUEL
+            return GuestError("out_of_fuel", f"ran out of fuel ({fuel} units)")
         if memory_full:
             return GuestError("memory_limit", _memory_message(limits))
         return GuestError("trap", _reason(exc))
@@ -457,9 +471,7 @@ def _classify(
 def _reason(exc: BaseException) -> str:
     """The useful line of a wasmtime message: the cause, not the backtrace header."""
     lines = [line.strip() for line in str(exc).splitlines()]
-    cause = next(
-        (line for i, line in enumerate(lines) if line and "Caused by:" in lines[:i]), None
-    )
+    cause = next((line for i, line in enumerate(lines) if line and "Caused by:" in lines[:i]), None)
     head = lines[0] if lines else type(exc).__name__
     if cause is None:
         return head

@@ -65,7 +65,7 @@ def remove_stale_temporaries(directory: Path) -> None:
             stale.unlink()
 
 
-class AtomicJSONStorage(Storage):  # type: ignore[misc]
+class AtomicJSONStorage(Storage):
     """tinydb storage that replaces its file atomically on every write."""
 
     def __init__(self, path: str) -> None:
@@ -76,7 +76,7 @@ class AtomicJSONStorage(Storage):  # type: ignore[misc]
             text = self._path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        return json.loads(text) if text else None  # type: ignore[no-any-return]
+        return json.loads(text) if text else None
 
     def write(self, data: dict[str, Any]) -> None:
         atomic_write(self._path, json.dumps(data, separators=(",", ":")).encode())

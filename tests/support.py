@@ -136,15 +136,31 @@ def mini_manifest(
         )
         media = "application/octet-stream" if step.output else "application/json"
         ep = endpoint(
-            device_url, dep, step.module, step.func, step.params, step.result, step.method,
-            step.execution + step.deployment, media,
+            device_url,
+            dep,
+            step.module,
+            step.func,
+            step.params,
+            step.result,
+            step.method,
+            step.execution + step.deployment,
+            media,
         )
         endpoints.setdefault(step.module, {})[step.func] = ep
         instructions.setdefault(step.module, {})[step.func] = {"from": ep, "to": step.to}
         mounts.setdefault(step.module, {})[step.func] = {
-            "execution": [{"path": p, "media_type": "application/octet-stream", "stage": "execution"} for p in step.execution],
-            "deployment": [{"path": p, "media_type": "application/octet-stream", "stage": "deployment"} for p in step.deployment],
-            "output": [{"path": p, "media_type": "application/octet-stream", "stage": "output"} for p in step.output],
+            "execution": [
+                {"path": p, "media_type": "application/octet-stream", "stage": "execution"}
+                for p in step.execution
+            ],
+            "deployment": [
+                {"path": p, "media_type": "application/octet-stream", "stage": "deployment"}
+                for p in step.deployment
+            ],
+            "output": [
+                {"path": p, "media_type": "application/octet-stream", "stage": "output"}
+                for p in step.output
+            ],
         }
         if digests:
             baton["modules"][step.module] = {"digest": sha256_of(WASM_DIR / f"{step.module}.wasm")}
@@ -164,7 +180,15 @@ def mini_manifest(
 class SupervisorProcess:
     """A real ``baton-supervisor`` in its own process on 127.0.0.1."""
 
-    def __init__(self, state_dir: Path, *, port: int | None = None, name: str = "sup", extra: list[str] | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port: int | None = None,
+        name: str = "sup",
+        extra: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.port = port or free_port()
         self.name = name
@@ -181,10 +205,20 @@ class SupervisorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
         env.update(self.env)
         argv = [
-            sys.executable, "-m", "supervisor",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--state-dir", str(self.state_dir), "--name", self.name,
-            "--mdns-interfaces", "none", *self.extra,
+            sys.executable,
+            "-m",
+            "supervisor",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+            "--name",
+            self.name,
+            "--mdns-interfaces",
+            "none",
+            *self.extra,
         ]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
@@ -197,13 +231,17 @@ class SupervisorProcess:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise AssertionError(f"supervisor exited: {self.log.read_text()[-2000:]}")
                 try:
-                    async with session.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    async with session.get(
+                        f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=1)
+                    ) as r:
                         if r.status == 200:
                             return
                 except (aiohttp.ClientError, TimeoutError):
                     pass
                 await asyncio.sleep(0.05)
-        raise AssertionError(f"supervisor not healthy within {timeout}s: {self.log.read_text()[-2000:]}")
+        raise AssertionError(
+            f"supervisor not healthy within {timeout}s: {self.log.read_text()[-2000:]}"
+        )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.stack import Stack, fibo_node
 from tests.support import Step, mini_manifest
-from tests.test_supervisor_api import Stack, fibo_node, stack  # noqa: F401 (fixture)
 
 
 async def _post(stack: Stack, url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
@@ -22,15 +22,35 @@ async def _post(stack: Stack, url: str, **kwargs: Any) -> tuple[int, dict[str, A
     [
         (b"{not json", 400, None),
         (b"[1, 2]", 400, "$"),
-        (b'{"deploymentId": "x", "endpoints": {}, "instructions": {}, "mounts": {}}', 422, "modules"),
-        (b'{"deploymentId": 5, "modules": [], "endpoints": {}, "instructions": {}, "mounts": {}}', 422, "deploymentId"),
-        (b'{"deploymentId": "x", "modules": [], "endpoints": {}, "instructions": {"modules": {}}, "mounts": {}}', 422, "modules"),
-        (b'{"deploymentId": "../x", "modules": [{"id": "1", "name": "m", "urls": {"binary": "http://127.0.0.1:1/"}}], "endpoints": {}, "instructions": {}, "mounts": {}}', 422, "deploymentId"),
+        (
+            b'{"deploymentId": "x", "endpoints": {}, "instructions": {}, "mounts": {}}',
+            422,
+            "modules",
+        ),
+        (
+            b'{"deploymentId": 5, "modules": [], "endpoints": {}, "instructions": {}, "mounts": {}}',
+            422,
+            "deploymentId",
+        ),
+        (
+            b'{"deploymentId": "x", "modules": [], "endpoints": {}, "instructions": {"modules": {}}, "mounts": {}}',
+            422,
+            "modules",
+        ),
+        (
+            b'{"deploymentId": "../x", "modules": [{"id": "1", "name": "m", "urls": {"binary": "http://127.0.0.1:1/"}}], "endpoints": {}, "instructions": {}, "mounts": {}}',
+            422,
+            "deploymentId",
+        ),
     ],
 )
-async def test_malformed_deploy_names_the_field(stack: Stack, body: bytes, status: int, field: str | None) -> None:
+async def test_malformed_deploy_names_the_field(
+    stack: Stack, body: bytes, status: int, field: str | None
+) -> None:
     dev = await stack.make_device()
-    code, problem = await _post(stack, dev.url + "/deploy", data=body, headers={"Content-Type": "application/json"})
+    code, problem = await _post(
+        stack, dev.url + "/deploy", data=body, headers={"Content-Type": "application/json"}
+    )
     assert code == status and problem["status"] == "error" and problem["result"]
     if field is not None:
         assert problem["field"] == field
@@ -40,7 +60,12 @@ async def test_malformed_deploy_names_the_field(stack: Stack, body: bytes, statu
 
 async def test_unsafe_mount_name_is_refused(stack: Stack) -> None:
     dev = await stack.make_device()
-    node = mini_manifest("m", dev.url, stack.files_url, [Step("textfile", "upper", execution=["../escape"], method="post")])
+    node = mini_manifest(
+        "m",
+        dev.url,
+        stack.files_url,
+        [Step("textfile", "upper", execution=["../escape"], method="post")],
+    )
     code, problem = await _post(stack, dev.url + "/deploy", json=node)
     assert code == 422 and problem["field"] == "mounts.textfile.upper.execution[0].path"
 
@@ -59,7 +84,9 @@ async def test_digest_mismatch_installs_nothing(stack: Stack) -> None:
 
 async def test_endpoint_for_missing_export_is_refused(stack: Stack) -> None:
     dev = await stack.make_device()
-    node = mini_manifest("nf", dev.url, stack.files_url, [Step("fibo", "nosuch", [("param0", "integer")])])
+    node = mini_manifest(
+        "nf", dev.url, stack.files_url, [Step("fibo", "nosuch", [("param0", "integer")])]
+    )
     code, problem = await _post(stack, dev.url + "/deploy", json=node)
     assert code == 422 and problem["field"] == "endpoints.fibo.nosuch"
 
@@ -74,7 +101,13 @@ async def test_module_needing_a_missing_host_function_is_refused(stack: Stack) -
 async def test_unknown_deployment_module_function_are_404(stack: Stack) -> None:
     dev = await stack.make_device()
     assert (await stack.deploy(dev, fibo_node("d", dev, stack))).status == 200
-    for path in ("/nope/modules/fibo/fibo", "/d/modules/nope/fibo", "/d/modules/fibo/nope", "/request-history/nope", "/module_results/d/fibo/x/y"):
+    for path in (
+        "/nope/modules/fibo/fibo",
+        "/d/modules/nope/fibo",
+        "/d/modules/fibo/nope",
+        "/request-history/nope",
+        "/module_results/d/fibo/x/y",
+    ):
         async with stack.session.get(dev.url + path) as resp:
             body = await resp.json()
             assert resp.status == 404, path
@@ -92,24 +125,39 @@ async def test_bad_arguments_are_400(stack: Stack) -> None:
 
 async def test_unexpected_or_traversing_upload_field_is_400(stack: Stack) -> None:
     dev = await stack.make_device()
-    steps = [Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")]
-    assert (await stack.deploy(dev, mini_manifest("up", dev.url, stack.files_url, steps))).status == 200
+    steps = [
+        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
+    ]
+    assert (
+        await stack.deploy(dev, mini_manifest("up", dev.url, stack.files_url, steps))
+    ).status == 200
     for name in ("other.txt", "../input.txt"):
         form = aiohttp.FormData()
         form.add_field("input.txt", b"x", filename="input.txt")
         form.add_field(name, b"x", filename="f")
         code, body = await _post(stack, f"{dev.url}/up/modules/textfile/upper", data=form)
         assert code == 400 and body["field"] == name
-    code, body = await _post(stack, f"{dev.url}/up/modules/textfile/upper", data=aiohttp.FormData({"a": "1"}))
+    code, body = await _post(
+        stack, f"{dev.url}/up/modules/textfile/upper", data=aiohttp.FormData({"a": "1"})
+    )
     assert code == 400 and body["field"] == "input.txt"  # the required file is missing
 
 
 async def test_oversized_body_is_413(stack: Stack, tmp_path: Path) -> None:
     dev = await stack.make_device(max_body_bytes=1024 * 1024)
-    code, body = await _post(stack, dev.url + "/deploy", data=b"{" + b" " * (2 * 1024 * 1024) + b"}", headers={"Content-Type": "application/json"})
+    code, body = await _post(
+        stack,
+        dev.url + "/deploy",
+        data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+        headers={"Content-Type": "application/json"},
+    )
     assert code == 413 and body["status"] == "error"
-    steps = [Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")]
-    assert (await stack.deploy(dev, mini_manifest("big", dev.url, stack.files_url, steps))).status == 200
+    steps = [
+        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
+    ]
+    assert (
+        await stack.deploy(dev, mini_manifest("big", dev.url, stack.files_url, steps))
+    ).status == 200
     form = aiohttp.FormData()
     form.add_field("input.txt", b"x" * (2 * 1024 * 1024), filename="input.txt")
     code, body = await _post(stack, f"{dev.url}/big/modules/textfile/upper", data=form)

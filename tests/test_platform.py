@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 from supervisor.platform import (
     CpuSampler,

@@ -196,7 +196,7 @@ def test_a_wasi_import_of_the_wrong_type_cannot_link(runtime: Runtime) -> None:
     digest, wasm = module(
         '(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i64))))'
     )
-    with pytest.raises(Unprocessable, match="cannot be linked.*proc_exit"):
+    with pytest.raises(Unprocessable, match=r"cannot be linked.*proc_exit"):
         runtime.load(digest, wasm)
 
 
@@ -256,7 +256,10 @@ async def test_a_trap_reports_its_cause(runtime: Runtime) -> None:
     runtime.load(digest, wasm)
     with pytest.raises(GuestError) as err:
         await runtime.call(digest, "f", [], workdir=None, limits=LIMITS)
-    assert (err.value.kind, err.value.message) == ("trap", "wasm `unreachable` instruction executed")
+    assert (err.value.kind, err.value.message) == (
+        "trap",
+        "wasm `unreachable` instruction executed",
+    )
 
 
 @pytest.mark.parametrize("payload", [b"hello, wasm", b"", bytes(range(256)) * 8])
@@ -387,3 +390,25 @@ async def test_aclose_waits_for_calls_and_stops_every_thread(tmp_path: Path) -> 
         await spin
     with pytest.raises(RuntimeError, match="closed"):
         await rt.call(digest, "add", [1, 2], workdir=None, limits=LIMITS)
+
+
+async def test_the_epoch_ticker_sleeps_while_idle(runtime: Runtime) -> None:
+    ticks: list[float] = []
+    engine = runtime._engine  # the tick count is only observable on the engine
+    increment = engine.increment_epoch
+
+    def counting() -> None:
+        ticks.append(time.monotonic())
+        increment()
+
+    engine.increment_epoch = counting
+    digest, wasm = module(ADD)
+    runtime.load(digest, wasm)
+    await asyncio.sleep(0.1)
+    assert ticks == []
+    with pytest.raises(GuestError, match="time limit"):
+        await runtime.call(digest, "spin", [], workdir=None, limits=CallLimits(timeout_s=0.05))
+    assert 5 <= len(ticks) <= 30  # ceil(0.05 / 0.01) + 1 ticks, with scheduling slack
+    busy = len(ticks)
+    await asyncio.sleep(0.1)
+    assert len(ticks) <= busy + 1  # at most one tick already in flight when the call ended

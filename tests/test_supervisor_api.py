@@ -4,73 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import psutil
-import pytest
 from aiohttp.test_utils import TestServer
 
 from supervisor.app import build_app
-from supervisor.config import Settings
-from tests.support import HITS, Step, default_files, file_server_app, mini_manifest
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-
-
-@dataclass
-class Device:
-    server: TestServer
-    settings: Settings
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
-
-
-@dataclass
-class Stack:
-    files_url: str
-    session: aiohttp.ClientSession
-    make_device: Callable[..., Awaitable[Device]]
-    file_hits: dict[str, int]
-
-    async def deploy(self, device: Device, node: dict[str, Any], path: str = "/deploy") -> aiohttp.ClientResponse:
-        resp = await self.session.post(device.url + path, json=node)
-        await resp.read()
-        return resp
-
-    async def call(self, url: str, **params: Any) -> dict[str, Any]:
-        async with self.session.get(url, params={k: str(v) for k, v in params.items()}) as resp:
-            assert resp.status == 200, await resp.text()
-            return dict(await resp.json())
-
-    async def entry(self, result_url: str, wait: float = 10) -> tuple[int, dict[str, Any]]:
-        async with self.session.get(result_url, params={"wait": str(wait)}) as resp:
-            return resp.status, dict(await resp.json())
-
-
-@pytest.fixture
-async def stack(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Stack]:
-    files = await aiohttp_server(file_server_app(default_files()))
-    counter = 0
-
-    async def make_device(**overrides: Any) -> Device:
-        nonlocal counter
-        counter += 1
-        settings = Settings(state_dir=tmp_path / f"dev{counter}", name=f"dev{counter}", mdns_enabled=False, **overrides)
-        server = await aiohttp_server(build_app(settings))
-        return Device(server, settings)
-
-    async with aiohttp.ClientSession() as session:
-        yield Stack(str(files.make_url("")).rstrip("/"), session, make_device, files.app[HITS])
-
-
-def fibo_node(dep: str, device: Device, stack: Stack, to: dict[str, Any] | None = None) -> dict[str, Any]:
-    return mini_manifest(dep, device.url, stack.files_url, [Step("fibo", "fibo", [("param0", "integer")], to=to)])
+from tests.stack import Stack, fibo_node
+from tests.support import Step, mini_manifest
 
 
 async def test_health_and_description_report_real_platform_data(stack: Stack) -> None:
@@ -97,7 +39,9 @@ async def test_device_id_is_stable_across_restarts(stack: Stack, tmp_path: Path)
     again = TestServer(build_app(dev.settings), host="127.0.0.1")
     await again.start_server()
     try:
-        async with stack.session.get(str(again.make_url("/.well-known/wasmiot-device-description"))) as resp:
+        async with stack.session.get(
+            str(again.make_url("/.well-known/wasmiot-device-description"))
+        ) as resp:
             assert (await resp.json())["id"] == first
     finally:
         await again.close()
@@ -112,13 +56,19 @@ async def test_reference_fibo_deployment_and_history(stack: Stack) -> None:
     assert resp.status == 200
     reply = await stack.call(f"{dev.url}/68de33d217a1179db4a8a4d9/modules/fibo/fibo", param0=12)
     assert list(reply) == ["resultUrl"]
-    assert reply["resultUrl"].startswith(dev.url + "/request-history/68de33d217a1179db4a8a4d9:fibo:fibo:")
+    assert reply["resultUrl"].startswith(
+        dev.url + "/request-history/68de33d217a1179db4a8a4d9:fibo:fibo:"
+    )
     status, entry = await stack.entry(reply["resultUrl"])
     assert status == 200
     assert entry["result"] == ["233", None] and entry["success"] is True and entry["value"] == 233
     assert entry["request_args"] == {"param0": "12"} and entry["method"] == "GET"
-    inline = await stack.call(f"{dev.url}/68de33d217a1179db4a8a4d9/modules/fibo/fibo", param0=12, wait=5)
-    assert inline["result"] == ["233", None] and inline["value"] == 233 and inline["success"] is True
+    inline = await stack.call(
+        f"{dev.url}/68de33d217a1179db4a8a4d9/modules/fibo/fibo", param0=12, wait=5
+    )
+    assert (
+        inline["result"] == ["233", None] and inline["value"] == 233 and inline["success"] is True
+    )
 
 
 async def test_parameters_by_name_and_typed_results(stack: Stack) -> None:
@@ -128,7 +78,9 @@ async def test_parameters_by_name_and_typed_results(stack: Stack) -> None:
         Step("strings", "shout", [("text", "string")], result="string"),
         Step("strings", "mean", [("a", "number"), ("b", "number")], result="number"),
     ]
-    assert (await stack.deploy(dev, mini_manifest("typed", dev.url, stack.files_url, steps))).status == 200
+    assert (
+        await stack.deploy(dev, mini_manifest("typed", dev.url, stack.files_url, steps))
+    ).status == 200
     base = f"{dev.url}/typed/modules/strings"
     stats = await stack.call(f"{base}/stats", text="two words", wait=5)
     assert stats["value"] == {"length": 9, "words": 2}
@@ -171,11 +123,17 @@ async def test_changed_deployment_replaces_only_when_ready(stack: Stack) -> None
 
 async def test_delete_removes_deployment_and_files(stack: Stack) -> None:
     dev = await stack.make_device()
-    steps = [Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")]
-    assert (await stack.deploy(dev, mini_manifest("gone", dev.url, stack.files_url, steps))).status == 200
+    steps = [
+        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
+    ]
+    assert (
+        await stack.deploy(dev, mini_manifest("gone", dev.url, stack.files_url, steps))
+    ).status == 200
     form = aiohttp.FormData()
     form.add_field("input.txt", b"abc", filename="input.txt")
-    async with stack.session.post(f"{dev.url}/gone/modules/textfile/upper?wait=5", data=form) as resp:
+    async with stack.session.post(
+        f"{dev.url}/gone/modules/textfile/upper?wait=5", data=form
+    ) as resp:
         assert (await resp.json())["success"] is True
     request_dirs = dev.settings.state_dir / "requests" / "gone"
     assert any(request_dirs.iterdir())
@@ -193,13 +151,28 @@ async def test_files_in_and_out_per_request(stack: Stack) -> None:
     dev = await stack.make_device()
     steps = [
         Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post"),
-        Step("textfile", "prefix", execution=["input.txt"], deployment=["prefix.txt"], output=["prefixed.txt"], method="post"),
+        Step(
+            "textfile",
+            "prefix",
+            execution=["input.txt"],
+            deployment=["prefix.txt"],
+            output=["prefixed.txt"],
+            method="post",
+        ),
     ]
-    node = mini_manifest("files", dev.url, stack.files_url, steps, data_files={"textfile": {"prefix.txt": "prefix.txt"}})
+    node = mini_manifest(
+        "files",
+        dev.url,
+        stack.files_url,
+        steps,
+        data_files={"textfile": {"prefix.txt": "prefix.txt"}},
+    )
     assert (await stack.deploy(dev, node)).status == 200
     form = aiohttp.FormData()
     form.add_field("input.txt", b"make me loud", filename="input.txt")
-    async with stack.session.post(f"{dev.url}/files/modules/textfile/upper?wait=5", data=form) as resp:
+    async with stack.session.post(
+        f"{dev.url}/files/modules/textfile/upper?wait=5", data=form
+    ) as resp:
         body = await resp.json()
     assert body["value"] == 12 and body["result"] == [None, ["output.txt"]]
     async with stack.session.get(body["outputs"][0]) as resp:
@@ -208,7 +181,9 @@ async def test_files_in_and_out_per_request(stack: Stack) -> None:
         assert await resp.read() == b"MAKE ME LOUD"  # the reference's fixed path still works
     form = aiohttp.FormData()
     form.add_field("input.txt", b"data", filename="input.txt")
-    async with stack.session.post(f"{dev.url}/files/modules/textfile/prefix?wait=5", data=form) as resp:
+    async with stack.session.post(
+        f"{dev.url}/files/modules/textfile/prefix?wait=5", data=form
+    ) as resp:
         body = await resp.json()
     async with stack.session.get(body["outputs"][0]) as resp:
         assert await resp.read() == b">> data"
@@ -222,7 +197,9 @@ async def test_guest_limits_fail_the_call_not_the_daemon(stack: Stack) -> None:
         Step("membomb", "bomb", limits={"memoryBytes": 65 * 65536}),  # grows 16 pages a step
         Step("fibo", "fibo", [("param0", "integer")]),
     ]
-    assert (await stack.deploy(dev, mini_manifest("hostile", dev.url, stack.files_url, steps))).status == 200
+    assert (
+        await stack.deploy(dev, mini_manifest("hostile", dev.url, stack.files_url, steps))
+    ).status == 200
     spin = await stack.call(f"{dev.url}/hostile/modules/spin/spin")
     # While the guest spins, the daemon keeps answering and other functions keep working.
     async with stack.session.get(dev.url + "/health") as resp:
@@ -268,25 +245,47 @@ async def test_chain_of_two_and_three_devices(stack: Stack) -> None:
 
 async def test_files_travel_along_the_chain(stack: Stack) -> None:
     a, b = await stack.make_device(), await stack.make_device()
-    last = mini_manifest("fchain", b.url, stack.files_url, [Step("textfile", "size", execution=["input.txt"], method="post")])
+    last = mini_manifest(
+        "fchain",
+        b.url,
+        stack.files_url,
+        [Step("textfile", "size", execution=["input.txt"], method="post")],
+    )
     to = last["endpoints"]["textfile"]["size"]
     first = mini_manifest(
-        "fchain", a.url, stack.files_url,
-        [Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post", to=to)],
+        "fchain",
+        a.url,
+        stack.files_url,
+        [
+            Step(
+                "textfile",
+                "upper",
+                execution=["input.txt"],
+                output=["output.txt"],
+                method="post",
+                to=to,
+            )
+        ],
     )
     assert (await stack.deploy(b, last)).status == 200
     assert (await stack.deploy(a, first)).status == 200
     form = aiohttp.FormData()
     form.add_field("input.txt", b"twelve bytes", filename="input.txt")
-    async with stack.session.post(f"{a.url}/fchain/modules/textfile/upper?wait=5", data=form) as resp:
+    async with stack.session.post(
+        f"{a.url}/fchain/modules/textfile/upper?wait=5", data=form
+    ) as resp:
         hop1 = await resp.json()
     _, hop2 = await stack.entry(hop1["result"])
     assert hop2["value"] == 12 and hop2["request_files"] == {"input.txt": "input.txt"}
 
 
-async def test_dead_next_hop_fails_the_entry_with_the_reason(stack: Stack, unused_tcp_port: int) -> None:
+async def test_dead_next_hop_fails_the_entry_with_the_reason(
+    stack: Stack, unused_tcp_port: int
+) -> None:
     a = await stack.make_device(outbound_timeout_s=2.0)
-    to = fibo_node("dead", a, stack)["endpoints"]["fibo"]["fibo"] | {"url": f"http://127.0.0.1:{unused_tcp_port}"}
+    to = fibo_node("dead", a, stack)["endpoints"]["fibo"]["fibo"] | {
+        "url": f"http://127.0.0.1:{unused_tcp_port}"
+    }
     assert (await stack.deploy(a, fibo_node("dead", a, stack, to=to))).status == 200
     reply = await stack.call(f"{a.url}/dead/modules/fibo/fibo", param0=5)
     status, entry = await stack.entry(reply["resultUrl"])
@@ -297,12 +296,16 @@ async def test_dead_next_hop_fails_the_entry_with_the_reason(stack: Stack, unuse
 async def test_pending_entry_answers_202_with_a_long_poll_url(stack: Stack) -> None:
     dev = await stack.make_device()
     steps = [Step("spin", "spin", limits={"timeoutMs": 500})]
-    assert (await stack.deploy(dev, mini_manifest("slow", dev.url, stack.files_url, steps))).status == 200
+    assert (
+        await stack.deploy(dev, mini_manifest("slow", dev.url, stack.files_url, steps))
+    ).status == 200
     reply = await stack.call(f"{dev.url}/slow/modules/spin/spin")
     async with stack.session.get(reply["resultUrl"]) as resp:
         assert resp.status == 202
         body = await resp.json()
-    assert body["status"] == "pending" and body["resultUrl"].startswith(reply["resultUrl"] + "?wait=")
+    assert body["status"] == "pending" and body["resultUrl"].startswith(
+        reply["resultUrl"] + "?wait="
+    )
     async with stack.session.get(body["resultUrl"]) as resp:
         assert resp.status == 500 and (await resp.json())["status"] == "failed"
 
@@ -326,11 +329,17 @@ async def test_token_guards_control_routes(stack: Stack) -> None:
     node = fibo_node("tok", dev, stack)
     async with stack.session.post(dev.url + "/deploy", json=node) as resp:
         assert resp.status == 401 and (await resp.json())["status"] == "error"
-    async with stack.session.post(dev.url + "/deploy", json=node, headers={"Authorization": "Bearer nope"}) as resp:
+    async with stack.session.post(
+        dev.url + "/deploy", json=node, headers={"Authorization": "Bearer nope"}
+    ) as resp:
         assert resp.status == 401
-    async with stack.session.post(dev.url + "/register", json={"url": "http://127.0.0.1:1"}) as resp:
+    async with stack.session.post(
+        dev.url + "/register", json={"url": "http://127.0.0.1:1"}
+    ) as resp:
         assert resp.status == 401
-    async with stack.session.post(dev.url + "/deploy", json=node, headers={"Authorization": "Bearer s3cret"}) as resp:
+    async with stack.session.post(
+        dev.url + "/deploy", json=node, headers={"Authorization": "Bearer s3cret"}
+    ) as resp:
         assert resp.status == 200
     # function endpoints stay open
     assert (await stack.call(f"{dev.url}/tok/modules/fibo/fibo", param0=1, wait=5))["value"] == 1
@@ -338,7 +347,9 @@ async def test_token_guards_control_routes(stack: Stack) -> None:
 
 async def test_register_sets_orchestrator_header(stack: Stack) -> None:
     dev = await stack.make_device()
-    async with stack.session.post(dev.url + "/register", json={"url": "http://127.0.0.1:3000/"}) as resp:
+    async with stack.session.post(
+        dev.url + "/register", json={"url": "http://127.0.0.1:3000/"}
+    ) as resp:
         assert resp.status == 200 and await resp.json() == {"status": "success"}
     async with stack.session.get(dev.url + "/health") as resp:
         assert resp.headers["Custom-Orchestrator-Set"] == "true"
@@ -351,7 +362,12 @@ async def test_openapi_and_metrics(stack: Stack) -> None:
     dev = await stack.make_device()
     async with stack.session.get(dev.url + "/openapi.json") as resp:
         spec = await resp.json()
-    assert {"/deploy", "/health", "/request-history/{id}", "/{deployment}/modules/{module}/{function}"} <= set(spec["paths"])
+    assert {
+        "/deploy",
+        "/health",
+        "/request-history/{id}",
+        "/{deployment}/modules/{module}/{function}",
+    } <= set(spec["paths"])
     assert "DeploymentNode" in spec["components"]["schemas"]
     assert (await stack.deploy(dev, fibo_node("m", dev, stack))).status == 200
     await stack.call(f"{dev.url}/m/modules/fibo/fibo", param0=3, wait=5)
@@ -364,7 +380,10 @@ async def test_openapi_and_metrics(stack: Stack) -> None:
 async def test_history_is_bounded(stack: Stack) -> None:
     dev = await stack.make_device(history_size=5)
     assert (await stack.deploy(dev, fibo_node("h", dev, stack))).status == 200
-    urls = [(await stack.call(f"{dev.url}/h/modules/fibo/fibo", param0=i, wait=5))["resultUrl"] for i in range(8)]
+    urls = [
+        (await stack.call(f"{dev.url}/h/modules/fibo/fibo", param0=i, wait=5))["resultUrl"]
+        for i in range(8)
+    ]
     async with stack.session.get(dev.url + "/request-history") as resp:
         entries = await resp.json()
     assert len(entries) == 5
@@ -375,13 +394,19 @@ async def test_history_is_bounded(stack: Stack) -> None:
 
 async def test_concurrent_calls_with_different_files_are_isolated(stack: Stack) -> None:
     dev = await stack.make_device()
-    steps = [Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")]
-    assert (await stack.deploy(dev, mini_manifest("iso", dev.url, stack.files_url, steps))).status == 200
+    steps = [
+        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
+    ]
+    assert (
+        await stack.deploy(dev, mini_manifest("iso", dev.url, stack.files_url, steps))
+    ).status == 200
 
     async def one(i: int) -> tuple[int, bytes]:
         form = aiohttp.FormData()
         form.add_field("input.txt", f"call number {i} ".encode() * (i + 1), filename="input.txt")
-        async with stack.session.post(f"{dev.url}/iso/modules/textfile/upper?wait=30", data=form) as resp:
+        async with stack.session.post(
+            f"{dev.url}/iso/modules/textfile/upper?wait=30", data=form
+        ) as resp:
             body = await resp.json()
         assert body["success"] is True, body
         async with stack.session.get(body["outputs"][0]) as resp:

@@ -1,0 +1,35 @@
+"""``python -m bench``: run the bench, print the table and write it to ``build/bench.md``.
+
+Knobs: ``BENCH_SECONDS`` (throughput duration per server, default 5) and ``BENCH_PAIRS``
+(sequential latency samples per server, default 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from bench.procs import ROOT
+from bench.report import render
+from bench.run import Config, describe, run_bench
+
+
+def main() -> int:
+    cfg = Config(
+        pairs=int(os.environ.get("BENCH_PAIRS", "500")),
+        seconds=float(os.environ.get("BENCH_SECONDS", "5")),
+    )
+    if cfg.pairs < 1 or cfg.seconds <= 0:
+        print("bench: BENCH_PAIRS must be ≥ 1 and BENCH_SECONDS > 0", file=sys.stderr)
+        return 2
+    table = render(asyncio.run(run_bench(cfg)), describe(cfg))
+    print(table, end="")
+    out = ROOT / "build" / "bench.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
