@@ -153,6 +153,7 @@ async def run(keep: bool) -> int:
             )
             last = _mini_manifest(device, files, "demo-chain", None)
             first = _mini_manifest(device, files, "demo", _endpoint(device, "demo-chain"))
+            body: dict[str, Any] = {}
             for node in (last, first):
                 async with session.post(device + "/deploy", json=node) as resp:
                     body = await resp.json()

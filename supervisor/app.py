@@ -103,92 +103,109 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(control.routes)
     app.add_routes(meta.routes)
     app.add_routes(functions.routes)
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        store = StateStore(settings.state_dir / "state.json")
-        session = aiohttp.ClientSession()
-        drivers = build_drivers(settings.profile.drivers, settings.profile_dir)
-        runtime = Runtime(settings.state_dir / "cache", drivers)
-        advertiser: Advertiser | None = None
-        announcing: asyncio.Task[None] | None = None
-        registrar: Registrar | None = None
-        executions: Executions | None = None
-        try:
-            device_id = await _device_id(store)
-            deployments = Deployments(
-                settings.state_dir, store, runtime, session, max_blob_bytes=settings.max_body_bytes
-            )
-            await deployments.restore()
-            metrics = Metrics()
-            history = History(settings.history_size)
-            executions = Executions(
-                deployments,
-                runtime,
-                history,
-                session,
-                metrics,
-                default_timeout_ms=settings.default_timeout_ms,
-                default_memory_bytes=settings.default_memory_bytes,
-                outbound_timeout_s=settings.outbound_timeout_s,
-            )
-            history.on_evict = executions.discard_workdir
-            svc = Services(
-                settings=settings,
-                device_id=device_id,
-                store=store,
-                drivers=drivers,
-                deployments=deployments,
-                executions=executions,
-                history=history,
-                metrics=metrics,
-                cpu=CpuSampler(),
-                orchestrator_url=(await store.device()).get("orchestratorUrl"),
-            )
-            app[SERVICES] = svc
-            if settings.mdns_enabled:
-                interfaces = list(settings.mdns_interfaces) if settings.mdns_interfaces else None
-                advertiser = Advertiser(
-                    name=settings.name,
-                    port=settings.port,
-                    device_id=device_id,
-                    interfaces=interfaces,
-                )
-                # Announcing takes ~1.7 s of mDNS probing; serve HTTP meanwhile.
-                announcing = asyncio.create_task(advertiser.start(), name="mdns-announce")
-                announcing.add_done_callback(_log_failure)
-            if settings.orchestrator_url:
-                addresses = list(settings.mdns_interfaces or local_ipv4_addresses())
-                registrar = Registrar(
-                    session,
-                    orchestrator_url=settings.orchestrator_url,
-                    body=_registration_body(settings, device_id, addresses),
-                    renewal_s=settings.renewal_s,
-                )
-                svc.registrar = registrar
-                await registrar.start()
-            _LOGGER.info(
-                "supervisor %s (%s) serving on %s:%d",
-                settings.name,
-                device_id,
-                settings.host,
-                settings.port,
-            )
-            yield
-        finally:
-            if executions is not None:
-                await executions.shutdown(settings.shutdown_timeout_s)
-            if registrar is not None:
-                await registrar.stop()
-            if announcing is not None:
-                # A failed announcement must not hide the shutdown; it was logged already.
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await announcing
-            if advertiser is not None:
-                await advertiser.stop()
-            await runtime.aclose()
-            await session.close()
-            await store.close()
-
-    app.cleanup_ctx.append(lifecycle)
+    # aiohttp tears these down in reverse: registration, then the mDNS goodbye, then calls
+    # are drained and the state closed.
+    app.cleanup_ctx.append(lambda app: _core(app, settings))
+    app.cleanup_ctx.append(lambda app: _announce(app, settings))
+    app.cleanup_ctx.append(lambda app: _register(app, settings))
     return app
+
+
+async def _core(app: web.Application, settings: Settings) -> AsyncIterator[None]:
+    """State, HTTP client, runtime, deployments (restored from disk) and the call service."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = StateStore(settings.state_dir / "state.json")
+    session = aiohttp.ClientSession()
+    drivers = build_drivers(settings.profile.drivers, settings.profile_dir)
+    runtime = Runtime(settings.state_dir / "cache", drivers)
+    executions: Executions | None = None
+    try:
+        deployments = Deployments(
+            settings.state_dir, store, runtime, session, max_blob_bytes=settings.max_body_bytes
+        )
+        await deployments.restore()
+        metrics = Metrics()
+        history = History(settings.history_size)
+        executions = Executions(
+            deployments,
+            runtime,
+            history,
+            session,
+            metrics,
+            default_timeout_ms=settings.default_timeout_ms,
+            default_memory_bytes=settings.default_memory_bytes,
+            outbound_timeout_s=settings.outbound_timeout_s,
+        )
+        history.on_evict = executions.discard_workdir
+        device_id = await _device_id(store)
+        app[SERVICES] = Services(
+            settings=settings,
+            device_id=device_id,
+            store=store,
+            drivers=drivers,
+            deployments=deployments,
+            executions=executions,
+            history=history,
+            metrics=metrics,
+            cpu=CpuSampler(),
+            session=session,
+            orchestrator_url=(await store.device()).get("orchestratorUrl"),
+        )
+        _LOGGER.info(
+            "supervisor %s (%s) serving on %s:%d",
+            settings.name,
+            device_id,
+            settings.host,
+            settings.port,
+        )
+        yield
+    finally:
+        if executions is not None:
+            await executions.shutdown(settings.shutdown_timeout_s)
+        await runtime.aclose()
+        await session.close()
+        await store.close()
+
+
+async def _announce(app: web.Application, settings: Settings) -> AsyncIterator[None]:
+    """mDNS advertisement; announcing takes ~1.7 s of probing, so HTTP serves meanwhile."""
+    if not settings.mdns_enabled:
+        yield
+        return
+    svc = app[SERVICES]
+    advertiser = Advertiser(
+        name=settings.name,
+        port=settings.port,
+        device_id=svc.device_id,
+        interfaces=list(settings.mdns_interfaces) if settings.mdns_interfaces else None,
+    )
+    announcing = asyncio.create_task(advertiser.start(), name="mdns-announce")
+    announcing.add_done_callback(_log_failure)
+    try:
+        yield
+    finally:
+        # A failed announcement was logged already; it must not hide the shutdown.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await announcing
+        await advertiser.stop()
+
+
+async def _register(app: web.Application, settings: Settings) -> AsyncIterator[None]:
+    """Direct registration with a configured orchestrator (for networks without multicast)."""
+    if not settings.orchestrator_url:
+        yield
+        return
+    svc = app[SERVICES]
+    addresses = list(settings.mdns_interfaces or local_ipv4_addresses())
+    registrar = Registrar(
+        svc.session,
+        orchestrator_url=settings.orchestrator_url,
+        body=_registration_body(settings, svc.device_id, addresses),
+        renewal_s=settings.renewal_s,
+    )
+    svc.registrar = registrar
+    await registrar.start()
+    try:
+        yield
+    finally:
+        await registrar.stop()

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Services:
     history: History
     metrics: Metrics
     cpu: CpuSampler
+    session: aiohttp.ClientSession
     registrar: Registrar | None = None
     orchestrator_url: str | None = None
     started: float = field(default_factory=time.monotonic)
