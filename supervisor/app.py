@@ -137,6 +137,7 @@ async def _core(app: web.Application, settings: Settings) -> AsyncIterator[None]
             outbound_timeout_s=settings.outbound_timeout_s,
         )
         history.on_evict = executions.discard_workdir
+        deployments.busy_blobs = executions.busy_blobs
         device_id = await _device_id(store)
         app[SERVICES] = Services(
             settings=settings,

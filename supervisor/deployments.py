@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import logging
 import shutil
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +98,8 @@ class Deployments:
         self._broken: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._in_flight = 0  # deploys holding fetched blobs that are not yet referenced
+        # Blobs that running calls still use after their deployment was replaced or removed.
+        self.busy_blobs: Callable[[], set[str]] = set
         self._gc_lock = asyncio.Lock()  # a sweep and the start of a deploy exclude each other
 
     def blob_path(self, sha: str) -> Path:
@@ -272,7 +274,7 @@ class Deployments:
                 await self._sweep()
 
     async def _sweep(self) -> None:
-        live: set[str] = set()
+        live: set[str] = self.busy_blobs()
         for dep in self._installed.values():
             live.update(dep.blobs.values())
             for mounts in dep.files.values():

@@ -59,13 +59,22 @@ class Executions:
         self._default_timeout_ms = default_timeout_ms
         self._default_memory = default_memory_bytes
         self._outbound_timeout = outbound_timeout_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Installed] = {}
         self._trash: deque[Path] = deque()
         self._closing = False
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    def busy_blobs(self) -> set[str]:
+        """Blobs of the deployments running calls started on (possibly replaced since)."""
+        busy: set[str] = set()
+        for dep in self._tasks.values():
+            busy.update(dep.blobs.values())
+            for files in dep.files.values():
+                busy.update(files.values())
+        return busy
 
     def discard_workdir(self, record: Record) -> None:
         """History eviction hook: the directory is deleted later, off the event loop."""
@@ -126,8 +135,8 @@ class Executions:
         task = asyncio.create_task(
             self._run(record, dep, args, uploads, base_url), name=f"call {rid}"
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = dep
+        task.add_done_callback(self._tasks.pop)
         return record
 
     async def _run(

@@ -416,3 +416,24 @@ async def test_concurrent_calls_with_different_files_are_isolated(stack: Stack) 
     for i, (length, data) in enumerate(results):
         expected = f"CALL NUMBER {i} ".encode() * (i + 1)
         assert data == expected and length == len(expected)
+
+
+async def test_replacing_a_deployment_does_not_break_calls_in_flight(stack: Stack) -> None:
+    dev = await stack.make_device()
+    busy = mini_manifest(
+        "swap", dev.url, stack.files_url, [Step("busy", "count", [("n", "integer")])]
+    )
+    assert (await stack.deploy(dev, busy)).status == 200
+    n = 300_000_000
+    reply = await stack.call(f"{dev.url}/swap/modules/busy/count", n=n)
+    # Replace it with a different module while the call runs: its blob becomes unreferenced.
+    assert (await stack.deploy(dev, fibo_node("swap", dev, stack))).status == 200
+    status, entry = await stack.entry(reply["resultUrl"], wait=30)
+    assert entry["status"] == "done", entry  # it was really still running at the swap
+    assert status == 200 and entry["value"] == n
+    assert entry["timings"]["runMs"] > 20
+    assert (await stack.call(f"{dev.url}/swap/modules/fibo/fibo", param0=5, wait=5))["value"] == 8
+    # Once the call is over, the next garbage collection removes the old module.
+    assert (await stack.deploy(dev, fibo_node("other", dev, stack))).status == 200
+    blobs = {p.name for p in (dev.settings.state_dir / "blobs").iterdir()}
+    assert len(blobs) == 1
