@@ -10,20 +10,31 @@ import asyncio
 import os
 import sys
 
+import psutil
+
 from bench.procs import ROOT
 from bench.report import render
 from bench.run import Config, describe, run_bench
 
 
 def main() -> int:
-    cfg = Config(
-        pairs=int(os.environ.get("BENCH_PAIRS", "500")),
-        seconds=float(os.environ.get("BENCH_SECONDS", "5")),
-    )
+    try:
+        cfg = Config(
+            pairs=int(os.environ.get("BENCH_PAIRS", "500")),
+            seconds=float(os.environ.get("BENCH_SECONDS", "5")),
+        )
+    except ValueError as err:
+        print(f"bench: BENCH_PAIRS and BENCH_SECONDS must be numbers: {err}", file=sys.stderr)
+        return 2
     if cfg.pairs < 1 or cfg.seconds <= 0:
         print("bench: BENCH_PAIRS must be ≥ 1 and BENCH_SECONDS > 0", file=sys.stderr)
         return 2
-    table = render(asyncio.run(run_bench(cfg)), describe(cfg))
+    # Other work on the machine skews every figure; say how busy it was before we started.
+    busy = psutil.cpu_percent(interval=0.5)
+    rows = asyncio.run(run_bench(cfg))
+    table = render(
+        rows, f"{describe(cfg)}\nCPU busy (all cores) in the 0.5 s before the run: {busy:.0f}%."
+    )
     print(table, end="")
     out = ROOT / "build" / "bench.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,9 +63,12 @@ class ServerProcess:
             await asyncio.sleep(0.002)
         raise RuntimeError(f"{self.argv} not healthy within {limit_s} s: {self.tail()}")
 
-    def rss(self) -> int:
+    def ps(self) -> psutil.Process:
         assert self.proc is not None
-        return int(psutil.Process(self.proc.pid).memory_info().rss)
+        return psutil.Process(self.proc.pid)
+
+    def rss(self) -> int:
+        return int(self.ps().memory_info().rss)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""

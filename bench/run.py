@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +44,22 @@ async def _deploy(session: aiohttp.ClientSession, url: str, node: dict[str, Any]
 
 
 async def run_bench(cfg: Config) -> list[Row]:
+    """Measure every row; every process started is stopped before its temp dir goes."""
     runner = web.AppRunner(file_server_app({"fibo.wasm": WASM_DIR / "fibo.wasm"}))
     await runner.setup()
-    started: list[procs.ServerProcess] = []
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         files_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
-            async with aiohttp.ClientSession() as session:
-                return await _measure(cfg, Path(tmp), files_url, session, started)
+        with tempfile.TemporaryDirectory(prefix="baton-bench-", ignore_cleanup_errors=True) as tmp:
+            started: list[procs.ServerProcess] = []
+            try:
+                async with aiohttp.ClientSession(timeout=load.TIMEOUT) as session:
+                    return await _measure(cfg, Path(tmp), files_url, session, started)
+            finally:
+                for proc in started:
+                    proc.stop()
     finally:
-        for proc in started:
-            proc.stop()
         await runner.cleanup()
 
 
@@ -95,10 +99,23 @@ async def _measure(
     await asyncio.sleep(cfg.idle_s)
     sup_rss, bare_rss = sup.rss() / MB, bare.rss() / MB
 
-    sup_lat = await load.latencies(session, sup_call, cfg.pairs, cfg.warmup)
-    bare_lat = await load.latencies(session, bare_call, cfg.pairs, cfg.warmup)
-    sup_tput = await load.throughput(sup_call, cfg.seconds, cfg.clients, cfg.warmup_s)
-    bare_tput = await load.throughput(bare_call, cfg.seconds, cfg.clients, cfg.warmup_s)
+    sup_lat, bare_lat = await load.alternating(
+        [partial(load.pair, session, sup_call), partial(load.pair, session, bare_call)],
+        cfg.pairs,
+        cfg.warmup,
+    )
+    # Throughput in alternating slices, for the same reason.
+    sup_tput, bare_tput = load.Burst(), load.Burst()
+    slices = 2
+    for _ in range(slices):
+        for server, url in ((sup, sup_call), (bare, bare_call)):
+            got = await load.burst(
+                url, cfg.seconds / slices, cfg.clients, cfg.warmup_s, server.ps()
+            )
+            if server is sup:
+                sup_tput += got
+            else:
+                bare_tput += got
 
     # Chain A -> B; single-hop and chained samples alternate so drift hits both alike.
     hop_b = procs.supervisor(tmp / "hop-b", "hop-b")
@@ -110,13 +127,11 @@ async def _measure(
         session, sup.url, _fibo("chain", sup.url, files_url, to_b["endpoints"]["fibo"]["fibo"])
     )
     chain_call = f"{sup.url}/chain/modules/fibo/fibo{query}"
-    for _ in range(cfg.warmup):
-        await load.chained(session, chain_call)
-    single: list[float] = []
-    chain: list[float] = []
-    for _ in range(max(1, cfg.pairs // 2)):
-        single.append(await load.pair(session, sup_call))
-        chain.append(await load.chained(session, chain_call))
+    single, chain = await load.alternating(
+        [partial(load.pair, session, sup_call), partial(load.chained, session, chain_call)],
+        max(1, cfg.pairs // 2),
+        cfg.warmup,
+    )
 
     steady = median_ms(sup_lat)
     hop = median_ms(single)
@@ -124,8 +139,10 @@ async def _measure(
         Row("call+result latency, median", steady, median_ms(bare_lat), "bare aiohttp", "ms",
             "ratio ≤ 1.3", lambda _v, r: r <= 1.3),
         Row("call+result latency, p99", p99_ms(sup_lat), p99_ms(bare_lat), "bare aiohttp", "ms"),
-        Row(f"throughput, {cfg.clients} clients", sup_tput, bare_tput, "bare aiohttp", "pairs/s",
-            "ratio ≥ 0.75", lambda _v, r: r >= 0.75),
+        Row(f"throughput, {cfg.clients} clients", sup_tput.rate, bare_tput.rate, "bare aiohttp",
+            "pairs/s", "ratio ≥ 0.75", lambda _v, r: r >= 0.75),
+        Row(f"server CPU per pair, {cfg.clients} clients", sup_tput.cpu_per_pair * 1000,
+            bare_tput.cpu_per_pair * 1000, "bare aiohttp", "ms"),
         Row("idle RSS after deploy + calls", sup_rss, bare_rss, "bare aiohttp", "MB",
             "≤ 40 MB", lambda v, _r: v <= 40),
         Row("startup to healthy, median", median_ms(sup_start), median_ms(bare_start),
@@ -139,8 +156,10 @@ async def _measure(
 
 def describe(cfg: Config) -> str:
     return (
-        f"Settings: {cfg.pairs} sequential pairs (after {cfg.warmup} warm-up), "
-        f"throughput {cfg.seconds:g} s with {cfg.clients} clients in one session, "
-        f"{cfg.startups} spawns per server for startup and first call, fibo(param0={cfg.param}); "
-        f"a pair is GET call then GET resultUrl?wait=5. Medians use statistics.median."
+        f"Settings: a pair is GET call then GET resultUrl?wait=5, fibo(param0={cfg.param}); "
+        f"{cfg.pairs} sequential pairs per server after {cfg.warmup} warm-up, supervisor and "
+        f"bare alternating pair by pair; throughput {cfg.seconds:g} s per server with "
+        f"{cfg.clients} clients in one session, in 2 alternating slices; "
+        f"{cfg.startups} spawns per server for startup and first call; chain samples alternate "
+        f"with single-hop ones. MB = 10^6 bytes."
     )

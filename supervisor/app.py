@@ -26,7 +26,6 @@ from supervisor.errors import NotFound, PayloadTooLarge, SupervisorError
 from supervisor.executions import Executions
 from supervisor.history import History
 from supervisor.http import problem
-from supervisor.mdns import Advertiser
 from supervisor.metrics import Metrics
 from supervisor.platform import CpuSampler, local_ipv4_addresses
 from supervisor.registration import Registrar
@@ -163,6 +162,8 @@ async def _core(app: web.Application, settings: Settings) -> AsyncIterator[None]
     finally:
         if executions is not None:
             await executions.shutdown(settings.shutdown_timeout_s)
+        # Calls still running past the shutdown timeout are stopped, not waited for.
+        runtime.interrupt_all()
         await runtime.aclose()
         await session.close()
         await store.close()
@@ -173,6 +174,9 @@ async def _announce(app: web.Application, settings: Settings) -> AsyncIterator[N
     if not settings.mdns_enabled:
         yield
         return
+    # Imported here: zeroconf costs ~4 MB of memory on devices that run with mDNS off.
+    from supervisor.mdns import Advertiser  # noqa: PLC0415
+
     svc = app[SERVICES]
     advertiser = Advertiser(
         name=settings.name,

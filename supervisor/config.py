@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         "(env BATON_MDNS_INTERFACES)",
     )
     p.add_argument("--history-size", type=int, help="request-history entries kept (default 1000)")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        help="seconds in-flight calls get to finish on SIGTERM (default 10; "
+        "env BATON_SHUTDOWN_TIMEOUT)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env BATON_LOG_LEVEL)")
     return p
 
@@ -158,6 +164,11 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     state_dir = args.state_dir or _env(env, "BATON_STATE_DIR")
     renewal = _env(env, "BATON_REGISTER_RENEWAL_TIME", "WASMIOT_REGISTER_RENEWAL_TIME")
     history_size = args.history_size or 1000
+    shutdown_text = args.shutdown_timeout or _env(env, "BATON_SHUTDOWN_TIMEOUT")
+    try:
+        shutdown_timeout = float(shutdown_text) if shutdown_text is not None else 10.0
+    except ValueError as err:
+        raise ConfigError(f"shutdown timeout must be seconds, got {shutdown_text!r}") from err
     if history_size < 1:
         raise ConfigError("--history-size must be at least 1")
     return Settings(
@@ -174,6 +185,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         mdns_enabled=mdns_enabled,
         history_size=history_size,
         renewal_s=float(renewal) if renewal else 900.0,
+        shutdown_timeout_s=shutdown_timeout,
         log_level=(args.log_level or _env(env, "BATON_LOG_LEVEL") or "INFO").upper(),
     )
 

@@ -124,6 +124,8 @@ class Deployments:
     async def restore(self) -> None:
         """Reload every persisted deployment (no orchestrator needed) and collect garbage."""
         remove_stale_temporaries(self._blob_dir)
+        # Per-call directories belong to the in-memory history, which a restart empties.
+        await asyncio.to_thread(shutil.rmtree, self.requests_dir, True)
         for doc in await self._store.deployments():
             dep_id = str(doc.get("id"))
             try:

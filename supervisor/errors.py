@@ -12,6 +12,7 @@ middleware in ``supervisor.app`` turns it into a problem body with the reference
     ├── PayloadTooLarge (413)
     ├── Unprocessable (422)         well-formed but invalid: schema, digest mismatch, bad wasm
     ├── FetchFailed (502)           a module or data file could not be downloaded
+    ├── Unavailable (503)           shutting down
     └── GuestError (-)              a Wasm call failed; recorded in history, never a 5xx
         kinds: timeout, out_of_fuel, memory_limit, trap, exit, link, abi
 """
@@ -62,6 +63,11 @@ class PayloadTooLarge(SupervisorError):
 class Unprocessable(SupervisorError):
     status = 422
     type = "unprocessable"
+
+
+class Unavailable(SupervisorError):
+    status = 503
+    type = "unavailable"
 
 
 class FetchFailed(SupervisorError):

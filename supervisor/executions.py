@@ -29,7 +29,7 @@ import aiohttp
 from supervisor.calls import coerce_args, decode_result, reference_result, returns_bytes
 from supervisor.chain import ForwardRequest, build_forward
 from supervisor.deployments import Deployments, Installed
-from supervisor.errors import BadRequest, GuestError, NotFound, SupervisorError
+from supervisor.errors import BadRequest, GuestError, NotFound, SupervisorError, Unavailable
 from supervisor.history import History, Record
 from supervisor.metrics import Metrics
 from supervisor.protocol import HistoryEntry, check_name
@@ -94,7 +94,7 @@ class Executions:
     ) -> Record:
         """Validate a call, record it as pending and start it; raise a 4xx error if invalid."""
         if self._closing:
-            raise SupervisorError("the supervisor is shutting down")
+            raise Unavailable("the supervisor is shutting down")
         dep = self._deployments.get(deployment_id)
         node = dep.node
         if module not in node.endpoints:
@@ -117,7 +117,7 @@ class Executions:
         sig = dep.modules[module].exports[function]
         args = coerce_args(node.params_for(module, function), sig.params, query)
 
-        rid = History.new_id(deployment_id, module, function)
+        rid = self._history.new_id(deployment_id, module, function)
         needs_dir = bool(uploads or mounts.deployment or mounts.output or dep.files.get(module))
         workdir = self._deployments.requests_dir / deployment_id / rid if needs_dir else None
         entry = HistoryEntry(

@@ -37,14 +37,19 @@ class History:
     def __init__(self, limit: int, on_evict: Callable[[Record], None] | None = None) -> None:
         self._limit = limit
         self._records: OrderedDict[str, Record] = OrderedDict()
+        # A random nonce per process makes ids unique across restarts and devices; the counter
+        # keeps them unique within the process without drawing randomness per call.
+        self._nonce = secrets.token_hex(6)
+        self._counter = 0
         self.on_evict = on_evict
         # Latest outputs per (module, file) and (deployment, module, file), for the reference's
         # fixed-path result routes.
         self.latest_outputs: dict[tuple[str, ...], Path] = {}
 
-    @staticmethod
-    def new_id(deployment: str, module: str, function: str) -> str:
-        return f"{deployment}:{module}:{function}:{secrets.token_hex(8)}"
+    def new_id(self, deployment: str, module: str, function: str) -> str:
+        """``dep:module:function:<boot nonce><counter>``: unique across restarts, cheap."""
+        self._counter += 1
+        return f"{deployment}:{module}:{function}:{self._nonce}{self._counter:x}"
 
     def add(self, record: Record) -> None:
         self._records[record.entry.request_id] = record
@@ -86,17 +91,25 @@ class History:
                 self._evicted(record)
 
     def _evict(self) -> None:
-        if len(self._records) <= self._limit:
+        excess = len(self._records) - self._limit
+        if excess <= 0:
             return
-        for rid, record in list(self._records.items()):
-            if len(self._records) <= self._limit:
-                break
+        # Oldest first; pending records are skipped, so usually only the first one is looked at.
+        doomed: list[str] = []
+        for rid, record in self._records.items():
             if record.finished:
-                del self._records[rid]
-                self._evicted(record)
+                doomed.append(rid)
+                if len(doomed) == excess:
+                    break
+        for rid in doomed:
+            self._evicted(self._records.pop(rid))
 
     def _evicted(self, record: Record) -> None:
-        stale = [k for k, p in self.latest_outputs.items() if p in record.output_files.values()]
+        if not record.output_files:
+            stale = []
+        else:
+            paths = set(record.output_files.values())
+            stale = [k for k, p in self.latest_outputs.items() if p in paths]
         for key in stale:
             del self.latest_outputs[key]
         if self.on_evict is not None:

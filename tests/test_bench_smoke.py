@@ -9,6 +9,7 @@ ROWS = {
     "call+result latency, median",
     "call+result latency, p99",
     "throughput, 8 clients",
+    "server CPU per pair, 8 clients",
     "idle RSS after deploy + calls",
     "startup to healthy, median",
     "first call+result after deploy, median",

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 
+from supervisor import protocol
 from supervisor.config import Settings
 from supervisor.deployments import content_digest
 from supervisor.protocol import DeploymentNode
@@ -100,7 +100,7 @@ def expected_prefix(variant: int) -> bytes:
 
 def predicted_digest(node: dict[str, Any]) -> str:
     """The digest the daemon will report for ``node`` (checked against every 200 it sends)."""
-    return "sha256:" + content_digest(msgspec.convert(node, DeploymentNode))
+    return "sha256:" + content_digest(protocol.decode(json.dumps(node).encode(), DeploymentNode))
 
 
 async def call_fibo(session: aiohttp.ClientSession, url: str, dep_id: str, n: int) -> Any:
@@ -152,6 +152,16 @@ def stored_digests(state: dict[str, Any]) -> dict[str, str]:
     ids = [doc["id"] for doc in docs]
     assert len(ids) == len(set(ids)), f"duplicate deployment ids in state.json: {ids}"
     return {doc["id"]: f"sha256:{doc['digest']}" for doc in docs}
+
+
+def referenced_blobs(state: dict[str, Any]) -> set[str]:
+    """Every blob (module binary or data file) a deployment in the raw state file needs."""
+    blobs: set[str] = set()
+    for doc in state.get("deployments", {}).values():
+        blobs.update(doc["blobs"].values())
+        for mounts in doc["files"].values():
+            blobs.update(mounts.values())
+    return blobs
 
 
 async def wait_for_exit(sup: SupervisorProcess, timeout: float) -> int:
@@ -215,6 +225,7 @@ async def check_restored(
     committed: dict[str, str],
     last: Round,
     on_disk: dict[str, str],
+    needed: set[str],
     variant_of: dict[str, int],
     where: str,
 ) -> None:
@@ -238,6 +249,8 @@ async def check_restored(
                 f"{acks or acknowledged}, in flight {last.in_flight.get(dep_id)}"
             )
     assert set(listed) <= set(FIBO_IDS) | set(TEXT_IDS), f"{where}: unknown ids {set(listed)}"
+    blobs = {p.name for p in (sup.state_dir / "blobs").iterdir()}
+    assert blobs == needed, f"{where}: blobs on disk {blobs}, referenced {needed}"
     committed.clear()
     committed.update({i: d["digest"] for i, d in listed.items()})
     for dep_id, digest in sorted(committed.items()):
@@ -272,6 +285,7 @@ async def test_kill_9_during_deploys_loses_no_acknowledged_deployment(
     committed: dict[str, str] = {}  # id -> digest the daemon must still have
     last = Round()
     on_disk: dict[str, str] = {}
+    needed: set[str] = set()
     acks = in_flight_at_kill = 0
     started = time.monotonic()
     for number in range(ROUNDS + 1):
@@ -279,7 +293,7 @@ async def test_kill_9_during_deploys_loses_no_acknowledged_deployment(
         sup.start()
         await sup.wait_healthy()
         async with aiohttp.ClientSession() as session:
-            await check_restored(session, sup, committed, last, on_disk, variant_of, where)
+            await check_restored(session, sup, committed, last, on_disk, needed, variant_of, where)
             if number == ROUNDS:
                 break
             last = Round()
@@ -301,14 +315,15 @@ async def test_kill_9_during_deploys_loses_no_acknowledged_deployment(
             await asyncio.gather(kill_after(sup, delay, last, first_sent), *lanes)
         acks += sum(len(a) for a in last.acked.values())
         in_flight_at_kill += len(last.in_flight)
-        on_disk = stored_digests(read_state(state_dir))
+        state = read_state(state_dir)
+        on_disk, needed = stored_digests(state), referenced_blobs(state)
     assert sup.terminate() == 0
     elapsed = time.monotonic() - started
     print(
         f"survived {ROUNDS} kills in {elapsed:.1f}s: {acks} acknowledged deploys, "
         f"{in_flight_at_kill} in flight at a kill, {len(committed)} deployments at the end"
     )
-    assert acks >= ROUNDS, f"seed {seed}: too few deploys acknowledged ({acks}) to mean much"
+    assert acks > 0, f"seed {seed}: no deploy was acknowledged before a kill; nothing was tested"
     assert "Traceback" not in sup.log.read_text(), sup.log.read_text()[-3000:]
 
 
@@ -382,7 +397,8 @@ async def test_sigterm_stops_gracefully(
     assert code == 0, sup.log.read_text()[-3000:]
     assert took < shutdown_timeout, f"shutdown took {took:.1f}s"
     # The spinning call was let finish: its guest hit its own 1.5 s deadline.
-    assert spin_status == 500 and spin_entry["error"]["kind"] == "timeout", spin_entry
+    assert spin_status == 200 and spin_entry["status"] == "failed", spin_entry
+    assert spin_entry["error"]["kind"] == "timeout", spin_entry
     assert "spinner" in stored_digests(read_state(state_dir))
 
     sup.start()

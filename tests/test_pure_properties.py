@@ -161,7 +161,7 @@ def test_check_name_refuses_every_traversal(name: str) -> None:
 
 def _entry(i: int) -> protocol.HistoryEntry:
     return protocol.HistoryEntry(
-        request_id=History.new_id("d", "m", "f"),
+        request_id=f"d:m:f:{i}",
         deployment_id="d",
         module_name="m",
         function_name="f",

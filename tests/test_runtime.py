@@ -309,14 +309,32 @@ async def test_returns_bytes_needs_a_packed_i64(runtime: Runtime) -> None:
     assert err.value.kind == "abi"
 
 
-async def test_each_call_gets_a_fresh_initialized_instance(runtime: Runtime) -> None:
-    digest, wasm = module("""(module (global $g (mut i32) (i32.const 0))
-      (func (export "_initialize") (global.set $g (i32.add (global.get $g) (i32.const 41))))
-      (func (export "next") (result i32)
-        (global.set $g (i32.add (global.get $g) (i32.const 1))) (global.get $g)))""")
+COUNTER = """(module (global $g (mut i32) (i32.const 0))
+  (memory (export "memory") 1)
+  (func (export "_initialize") (global.set $g (i32.add (global.get $g) (i32.const 41))))
+  (func (export "next") (param $fail i32) (result i32)
+    (if (local.get $fail) (then unreachable))
+    (global.set $g (i32.add (global.get $g) (i32.const 1))) (global.get $g)))"""
+
+
+async def test_files_calls_get_a_fresh_initialized_instance(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    digest, wasm = module(COUNTER)
     runtime.load(digest, wasm)
     for _ in range(2):
-        assert await runtime.call(digest, "next", [], workdir=None, limits=LIMITS) == 42
+        assert await runtime.call(digest, "next", [0], workdir=tmp_path, limits=LIMITS) == 42
+
+
+async def test_numeric_calls_reuse_a_warm_instance_until_it_fails(runtime: Runtime) -> None:
+    """The documented contract: initialised once, state kept (as wasmiot did), a trap retires it."""
+    digest, wasm = module(COUNTER)
+    runtime.load(digest, wasm)
+    seen = [await runtime.call(digest, "next", [0], workdir=None, limits=LIMITS) for _ in range(3)]
+    assert seen == [42, 43, 44]
+    with pytest.raises(GuestError):
+        await runtime.call(digest, "next", [1], workdir=None, limits=LIMITS)
+    assert await runtime.call(digest, "next", [0], workdir=None, limits=LIMITS) == 42
 
 
 async def test_wasi_stdio_goes_to_the_workdir(runtime: Runtime, tmp_path: Path) -> None:
