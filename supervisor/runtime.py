@@ -144,7 +144,8 @@ class Runtime:
         cache_dir.mkdir(parents=True, exist_ok=True)
         self._drivers = drivers
         self._modules: dict[str, _Loaded] = {}
-        # (worker thread id, digest, function, memory cap) -> warm instance (WASI argv is [function]); see the module docstring.
+        # (thread id, digest, function, memory cap) -> warm instance; per function because
+        # WASI's argv is [function]. See the module docstring.
         self._warm: dict[tuple[int, str, str, int], _Warm] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(
