@@ -21,9 +21,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"baton-supervisor: {err}", file=sys.stderr)
         return 2
-    # Wasm calls run on worker threads; with CPython's default 5 ms GIL switch interval a
-    # finished call can wait that long to hand its result back to the event loop.
-    sys.setswitchinterval(0.0005)
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

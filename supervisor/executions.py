@@ -20,6 +20,7 @@ import logging
 import shutil
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,46 @@ from supervisor.deployments import Deployments, Installed
 from supervisor.errors import BadRequest, GuestError, NotFound, SupervisorError, Unavailable
 from supervisor.history import History, Record
 from supervisor.metrics import Metrics
-from supervisor.protocol import HistoryEntry, check_name
-from supervisor.runtime import CallLimits, Runtime
+from supervisor.protocol import Endpoint, HistoryEntry, check_name
+from supervisor.runtime import NOT_INLINE, CallLimits, Runtime
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def _http_date() -> str:
+    """The reference's HTTP-date timestamp, formatted once per second rather than per call."""
+    now = int(time.time())
+    if _DATE_CACHE[0] != now:
+        _DATE_CACHE[:] = [now, formatdate(now, usegmt=True)]
+    return str(_DATE_CACHE[1])
+
+
+_DATE_CACHE: list[Any] = [0, ""]
+
+
+@dataclass
+class _Call:
+    """One call in progress: what it runs with and how far it got."""
+
+    record: Record
+    dep: Installed
+    args: list[Any]
+    uploads: dict[str, bytes]
+    base_url: str
+    limits: CallLimits
+    started: float = field(default_factory=time.perf_counter)
+    ran: float | None = None
+    executed: bool = False
+
+    @property
+    def result_type(self) -> str | None:
+        entry = self.record.entry
+        return self.dep.node.endpoints[entry.module_name][entry.function_name].result_type
+
+    @property
+    def next_hop(self) -> Endpoint | None:
+        entry = self.record.entry
+        return self.dep.node.next_hop(entry.module_name, entry.function_name)
 
 
 class Executions:
@@ -128,79 +165,119 @@ class Executions:
             method=method,
             request_args=dict(query),
             request_files={name: name for name in uploads},
-            work_queued_at=formatdate(usegmt=True),
+            work_queued_at=_http_date(),
         )
         record = Record(entry, workdir=workdir)
         self._history.add(record)
-        task = asyncio.create_task(
-            self._run(record, dep, args, uploads, base_url), name=f"call {rid}"
-        )
+        call = _Call(record, dep, args, uploads, base_url, self._limits(dep, module, function))
+        if workdir is None and self._try_inline(call):
+            return record
+        task = asyncio.create_task(self._run(call), name=f"call {rid}")
         self._tasks[task] = dep
         task.add_done_callback(self._tasks.pop)
         return record
 
-    async def _run(
-        self,
-        record: Record,
-        dep: Installed,
-        args: list[Any],
-        uploads: dict[str, bytes],
-        base_url: str,
-    ) -> None:
+    def _limits(self, dep: Installed, module: str, function: str) -> CallLimits:
+        limits = dep.node.limits_for(module, function)
+        return CallLimits(
+            timeout_s=(limits.timeoutMs or self._default_timeout_ms) / 1000,
+            fuel=limits.fuel,
+            memory_bytes=limits.memoryBytes or self._default_memory,
+        )
+
+    def _try_inline(self, call: _Call) -> bool:
+        """Finish a small pure call right away, without a task; False if it needs one."""
+        entry = call.record.entry
+        try:
+            raw = self._runtime.call_inline(
+                call.dep.blobs[entry.module_name],
+                entry.function_name,
+                call.args,
+                limits=call.limits,
+                returns_bytes=returns_bytes(call.result_type),
+            )
+        except GuestError as err:
+            self._failed(call, err)
+            self._finish(call)
+            return True
+        if raw is NOT_INLINE:
+            return False
+        call.ran = time.perf_counter()
+        entry.value = decode_result(raw, call.result_type)  # type: ignore[arg-type]
+        call.executed = True
+        if call.next_hop is not None:
+            return False  # forwarding needs a task
+        entry.result = reference_result(entry.value, [])
+        entry.success, entry.status = True, "done"
+        self._finish(call)
+        return True
+
+    async def _run(self, call: _Call) -> None:
+        record, dep = call.record, call.dep
         entry = record.entry
         module, function = entry.module_name, entry.function_name
-        node = dep.node
-        started = time.perf_counter()
-        ran = started
         try:
-            if record.workdir is not None:
-                await asyncio.to_thread(self._prepare, record.workdir, dep, module, uploads)
-            result_type = node.endpoints[module][function].result_type
-            limits = node.limits_for(module, function)
-            raw = await self._runtime.call(
-                dep.blobs[module],
-                function,
-                args,
-                workdir=record.workdir,
-                limits=CallLimits(
-                    timeout_s=(limits.timeoutMs or self._default_timeout_ms) / 1000,
-                    fuel=limits.fuel,
-                    memory_bytes=limits.memoryBytes or self._default_memory,
-                ),
-                returns_bytes=returns_bytes(result_type),
-            )
-            ran = time.perf_counter()
-            entry.value = decode_result(raw, result_type)
+            if not call.executed:
+                if record.workdir is not None:
+                    await asyncio.to_thread(
+                        self._prepare, record.workdir, dep, module, call.uploads
+                    )
+                raw = await self._runtime.call(
+                    dep.blobs[module],
+                    function,
+                    call.args,
+                    workdir=record.workdir,
+                    limits=call.limits,
+                    returns_bytes=returns_bytes(call.result_type),
+                )
+                call.ran = time.perf_counter()
+                entry.value = decode_result(raw, call.result_type)
             outputs = self._collect_outputs(record, dep)
             entry.outputs = [
-                f"{base_url}/module_results/{entry.deployment_id}/{module}/{entry.request_id}/{name}"
+                f"{call.base_url}/module_results/{entry.deployment_id}/{module}/{entry.request_id}/{name}"
                 for name in outputs
             ]
-            next_hop = node.next_hop(module, function)
-            if next_hop is None:
+            if call.next_hop is None:
                 entry.result = reference_result(entry.value, list(outputs))
             else:
-                entry.next = await self._forward(build_forward(next_hop, entry.value, outputs))
+                entry.next = await self._forward(build_forward(call.next_hop, entry.value, outputs))
                 entry.result = entry.next
             entry.success, entry.status = True, "done"
-        except GuestError as err:
-            self._fail(entry, err, kind=err.kind)
-            self._metrics.trap(entry.deployment_id, module, function)
         except SupervisorError as err:
-            self._fail(entry, err)
+            self._failed(call, err)
         except Exception as err:  # a bug must fail this call, never the daemon
             _LOGGER.exception("call %s failed unexpectedly", entry.request_id)
-            self._fail(entry, SupervisorError(f"internal error: {type(err).__name__}"))
+            self._failed(call, SupervisorError(f"internal error: {type(err).__name__}"))
         finally:
             if entry.status == "pending":  # cancelled at shutdown
-                self._fail(entry, SupervisorError("the call was cancelled: the supervisor stopped"))
-            done = time.perf_counter()
-            entry.timings = {
-                "runMs": round((ran - started) * 1000, 3),
-                "totalMs": round((done - started) * 1000, 3),
-            }
-            self._metrics.call(entry.deployment_id, module, function, done - started, entry.success)
-            self._history.finish(record)
+                self._failed(
+                    call, SupervisorError("the call was cancelled: the supervisor stopped")
+                )
+            self._finish(call)
+
+    def _failed(self, call: _Call, err: SupervisorError) -> None:
+        entry = call.record.entry
+        kind = err.kind if isinstance(err, GuestError) else None
+        if kind is not None:
+            self._metrics.trap(entry.deployment_id, entry.module_name, entry.function_name)
+        self._fail(entry, err, kind=kind)
+
+    def _finish(self, call: _Call) -> None:
+        entry = call.record.entry
+        done = time.perf_counter()
+        ran = call.ran if call.ran is not None else done
+        entry.timings = {
+            "runMs": round((ran - call.started) * 1000, 3),
+            "totalMs": round((done - call.started) * 1000, 3),
+        }
+        self._metrics.call(
+            entry.deployment_id,
+            entry.module_name,
+            entry.function_name,
+            done - call.started,
+            entry.success,
+        )
+        self._history.finish(call.record)
 
     @staticmethod
     def _fail(entry: HistoryEntry, err: SupervisorError, kind: str | None = None) -> None:

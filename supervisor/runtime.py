@@ -60,7 +60,8 @@ _UNLIMITED_FUEL = 2**62
 #: Fuel (about one unit per Wasm instruction) a pure call may burn on the event loop before it
 #: is moved to the thread pool: well under a millisecond on a Raspberry Pi 4.
 INLINE_FUEL = 200_000
-_NOT_INLINE = object()
+NOT_INLINE = object()
+"""Returned by :meth:`Runtime.call_inline` when a call has to run on the thread pool."""
 _PAGE = 65536
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -268,40 +269,50 @@ class Runtime:
         if self._closed:
             raise RuntimeError("the runtime is closed")
         job = _Job(digest, func, tuple(args), workdir, limits, returns_bytes)
-        inline = self._try_inline(job)
-        if inline is not _NOT_INLINE:
-            return inline  # type: ignore[return-value]
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, self._call_sync, job
         )
 
-    def _try_inline(self, job: _Job) -> object:
-        """Run a small pure call right here on the event loop, if it fits a tiny fuel budget.
+    def call_inline(
+        self,
+        digest: str,
+        func: str,
+        args: Sequence[Arg],
+        *,
+        limits: CallLimits,
+        returns_bytes: bool = False,
+    ) -> int | float | object | None:
+        """Run a small pure call right here, on the caller's thread, within a tiny fuel budget.
 
-        Only modules with no imports qualify: nothing they do can block or touch the host,
-        and re-running one that ran out of the inline budget is invisible. The budget bounds
-        how long the event loop can be held. Returns ``_NOT_INLINE`` to mean "use the pool".
+        Only numeric calls into modules with no imports qualify: nothing they do can block or
+        touch the host, and re-running one that ran out of the inline budget is invisible.
+        The budget (:data:`INLINE_FUEL`) bounds how long the event loop can be held. Returns
+        :data:`NOT_INLINE` when the call must go through :meth:`call` instead; raises
+        :class:`GuestError` for a failure that is final.
         """
+        if self._closed:
+            return NOT_INLINE
+        job = _Job(digest, func, tuple(args), None, limits, returns_bytes)
         if job.workdir is not None or job.returns_bytes:
-            return _NOT_INLINE
+            return NOT_INLINE
         if any(isinstance(a, bytes | bytearray) for a in job.args):
-            return _NOT_INLINE
+            return NOT_INLINE
         with self._lock:
             loaded = self._modules.get(job.digest)
         if loaded is None or loaded.info.imports:
-            return _NOT_INLINE
+            return NOT_INLINE
         sig = loaded.info.exports.get(job.func)
         if sig is None or loaded.memory_min > job.limits.memory_bytes:
-            return _NOT_INLINE  # the pool path reports these errors
+            return NOT_INLINE  # the pool path reports these errors
         values = _coerce(job.func, sig, job.args, job.returns_bytes)
         final = job.limits.fuel is not None and job.limits.fuel <= INLINE_FUEL
-        with self._running():
-            try:
-                return self._run_warm(loaded, job, values, None if final else INLINE_FUEL)
-            except GuestError as err:
-                if err.kind == "out_of_fuel" and not final:
-                    return _NOT_INLINE
-                raise
+        # No epoch ticking needed: the fuel budget alone ends this call within a millisecond.
+        try:
+            return self._run_warm(loaded, job, values, None if final else INLINE_FUEL)
+        except GuestError as err:
+            if err.kind == "out_of_fuel" and not final:
+                return NOT_INLINE
+            raise
 
     def _call_sync(self, job: _Job) -> int | float | bytes | None:
         with self._lock:

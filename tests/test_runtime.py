@@ -16,6 +16,8 @@ from supervisor.drivers import HostDrivers
 from supervisor.errors import GuestError, Unprocessable
 from supervisor.runtime import (
     ENGINE_FLAGS,
+    INLINE_FUEL,
+    NOT_INLINE,
     WASMTIME_VERSION,
     CallLimits,
     FuncSig,
@@ -330,11 +332,38 @@ async def test_numeric_calls_reuse_a_warm_instance_until_it_fails(runtime: Runti
     """The documented contract: initialised once, state kept (as wasmiot did), a trap retires it."""
     digest, wasm = module(COUNTER)
     runtime.load(digest, wasm)
-    seen = [await runtime.call(digest, "next", [0], workdir=None, limits=LIMITS) for _ in range(3)]
+    seen = [runtime.call_inline(digest, "next", [0], limits=LIMITS) for _ in range(3)]
     assert seen == [42, 43, 44]
     with pytest.raises(GuestError):
-        await runtime.call(digest, "next", [1], workdir=None, limits=LIMITS)
-    assert await runtime.call(digest, "next", [0], workdir=None, limits=LIMITS) == 42
+        runtime.call_inline(digest, "next", [1], limits=LIMITS)
+    assert runtime.call_inline(digest, "next", [0], limits=LIMITS) == 42
+
+
+async def test_inline_calls_only_for_small_pure_numeric_work(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    add, add_wasm = module(ADD)
+    runtime.load(add, add_wasm)
+    assert runtime.call_inline(add, "add", [2, 3], limits=LIMITS) == 5
+    loop = module("""(module (func (export "count") (param $n i64) (result i64) (local $i i64)
+      (block $done (loop $again (br_if $done (i64.ge_u (local.get $i) (local.get $n)))
+        (local.set $i (i64.add (local.get $i) (i64.const 1))) (br $again)))
+      (local.get $i)))""")
+    runtime.load(*loop)
+    # Too much work for the inline budget: the pool takes it, and gets the full budget there.
+    assert runtime.call_inline(loop[0], "count", [10 * INLINE_FUEL], limits=LIMITS) is NOT_INLINE
+    assert (
+        await runtime.call(loop[0], "count", [10 * INLINE_FUEL], workdir=None, limits=LIMITS)
+        == 10 * INLINE_FUEL
+    )
+    # A fuel limit below the inline budget is final, not a reason to retry.
+    with pytest.raises(GuestError) as err:
+        runtime.call_inline(loop[0], "count", [10 * INLINE_FUEL], limits=CallLimits(fuel=1000))
+    assert err.value.kind == "out_of_fuel"
+    wasi, wasi_wasm = module(WASI)
+    runtime.load(wasi, wasi_wasm)
+    assert runtime.call_inline(wasi, "env_count", [], limits=LIMITS) is NOT_INLINE  # has imports
+    assert runtime.call_inline(add, "add", [2, 3], limits=LIMITS, returns_bytes=True) is NOT_INLINE
 
 
 async def test_wasi_stdio_goes_to_the_workdir(runtime: Runtime, tmp_path: Path) -> None:
