@@ -195,6 +195,7 @@ class SupervisorProcess:
         self.extra = extra or []
         self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv0 = [sys.executable, "-m", "supervisor"]
         self.log = state_dir.parent / f"{name}-{self.port}.log"
 
     @property
@@ -205,9 +206,7 @@ class SupervisorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
         env.update(self.env)
         argv = [
-            sys.executable,
-            "-m",
-            "supervisor",
+            *self.argv0,
             "--host",
             "127.0.0.1",
             "--port",
