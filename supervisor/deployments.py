@@ -29,12 +29,13 @@ import aiohttp
 import msgspec
 
 from supervisor import protocol
+from supervisor.atomic import atomic_write, remove_stale_temporaries
 from supervisor.calls import returns_bytes, wasm_arity
 from supervisor.errors import NotFound, Unprocessable
 from supervisor.fetch import fetch
 from supervisor.protocol import DeploymentNode
 from supervisor.runtime import ModuleInfo, Runtime
-from supervisor.store import StateStore, atomic_write, remove_stale_temporaries
+from supervisor.store import StateStore
 
 _LOGGER = logging.getLogger(__name__)
 

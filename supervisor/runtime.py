@@ -14,12 +14,16 @@ Theory of operation
   runs: fuel and deadline are re-armed per call, and any failure or memory growth retires the
   instance, so one call's trap or leak never reaches the next. Like the wasmiot reference,
   such a module may see globals it set in an earlier call on the same thread.
+* :meth:`Runtime.call_inline` runs such a numeric call of a module *without imports* right on
+  the caller's thread (the event loop) under a small fuel budget (:data:`INLINE_FUEL`): it
+  cannot block or touch the host, the budget bounds how long it holds the loop, and when the
+  budget is not enough the caller re-runs it through :meth:`call` with no visible difference.
+  A thread-pool hop costs more than such a call (see the README's performance section).
 * Time limits are epoch deadlines: one ticker thread increments the engine's epoch every
   ``tick_s`` while any call runs, and sleeps otherwise. Fuel and memory caps are per store.
   A thread cannot be cancelled, so a cancelled ``call`` still runs until its own deadline.
-* Every guest failure surfaces as :class:`GuestError`; the daemon never sees a wasmtime error.
-  A trap counts as ``memory_limit`` when the exported ``memory`` cannot grow one more page
-  under the cap (wasmtime reports a refused ``memory.grow`` only as -1 to the guest).
+* Every guest failure surfaces as :class:`GuestError` (named by :mod:`supervisor.guest`); the
+  daemon never sees a wasmtime error.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,9 +46,25 @@ from typing import Any
 
 import wasmtime
 
+from supervisor.atomic import atomic_write
 from supervisor.drivers import WASI_MODULE, HostDrivers, signature_of, take_host_fault
 from supervisor.errors import GuestError, Unprocessable
 from supervisor.fastcall import NumericCall
+from supervisor.guest import (
+    UNLIMITED_FUEL,
+    Arg,
+    CallLimits,
+    FuncSig,
+    coerce,
+    failure,
+    is_memory,
+    memory_message,
+    pass_bytes,
+    read_packed,
+    reason,
+)
+
+__all__ = ["INLINE_FUEL", "NOT_INLINE", "CallLimits", "FuncSig", "ModuleInfo", "Runtime"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -56,27 +75,12 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored w
 # Compiled artifacts only load into an engine with the same version and config flags.
 ENGINE_FLAGS = "fuel-epoch"
 
-_UNLIMITED_FUEL = 2**62
 #: Fuel (about one unit per Wasm instruction) a pure call may burn on the event loop before it
 #: is moved to the thread pool: well under a millisecond on a Raspberry Pi 4.
 INLINE_FUEL = 200_000
 NOT_INLINE = object()
 """Returned by :meth:`Runtime.call_inline` when a call has to run on the thread pool."""
-_PAGE = 65536
-_U32 = 0xFFFFFFFF
-_U64 = 0xFFFFFFFFFFFFFFFF
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_NUMERIC = ("i32", "i64", "f32", "f64")
-_INT_RANGE = {"i32": 32, "i64": 64}
-Arg = int | float | bytes
-
-
-@dataclass(frozen=True)
-class FuncSig:
-    """A function export's value types: each of ``"i32" | "i64" | "f32" | "f64"``."""
-
-    params: tuple[str, ...]
-    results: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -86,15 +90,6 @@ class ModuleInfo:
     digest: str  # bare sha256 hex of the wasm bytes
     exports: Mapping[str, FuncSig]  # function exports only
     imports: tuple[tuple[str, str], ...]  # (module, name) of function imports
-
-
-@dataclass(frozen=True)
-class CallLimits:
-    """Per-call budget; ``fuel=None`` means unlimited."""
-
-    timeout_s: float = 10.0
-    fuel: int | None = None
-    memory_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,6 @@ class Runtime:
             max_workers=max_workers or os.cpu_count() or 1, thread_name_prefix="wasm-call"
         )
         self._closed = False
-        self._interrupted = False
         self._max_ticks = 0  # the longest epoch deadline handed out, for interrupt_all
         self._tick_s = tick_s
         self._active = 0
@@ -210,7 +204,7 @@ class Runtime:
         try:
             pre = linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
-            raise Unprocessable(f"module cannot be linked: {_reason(exc)}") from None
+            raise Unprocessable(f"module cannot be linked: {reason(exc)}") from None
         info = ModuleInfo(digest, MappingProxyType(exports), tuple(imports))
         with self._lock:
             return self._modules.setdefault(digest, _Loaded(info, pre, memory_min)).info
@@ -226,9 +220,9 @@ class Runtime:
         try:
             module = wasmtime.Module(self._engine, bytes(wasm))
         except wasmtime.WasmtimeError as exc:
-            raise Unprocessable(f"invalid wasm: {_reason(exc)}") from None
+            raise Unprocessable(f"invalid wasm: {reason(exc)}") from None
         try:
-            _write_atomically(path, bytes(module.serialize()))
+            atomic_write(path, bytes(module.serialize()))
         except OSError as exc:  # the cache only saves time; a full disk must not fail a deploy
             _LOGGER.warning("Could not cache compiled module %s: %s", digest, exc)
         return module
@@ -304,7 +298,7 @@ class Runtime:
         sig = loaded.info.exports.get(job.func)
         if sig is None or loaded.memory_min > job.limits.memory_bytes:
             return NOT_INLINE  # the pool path reports these errors
-        values = _coerce(job.func, sig, job.args, job.returns_bytes)
+        values = coerce(job.func, sig, job.args, job.returns_bytes)
         final = job.limits.fuel is not None and job.limits.fuel <= INLINE_FUEL
         # No epoch ticking needed: the fuel budget alone ends this call within a millisecond.
         try:
@@ -322,9 +316,9 @@ class Runtime:
         sig = loaded.info.exports.get(job.func)
         if sig is None:
             raise GuestError("abi", f"the module exports no function {job.func!r}")
-        values = _coerce(job.func, sig, job.args, job.returns_bytes)
+        values = coerce(job.func, sig, job.args, job.returns_bytes)
         if loaded.memory_min > job.limits.memory_bytes:
-            raise GuestError("memory_limit", _memory_message(job.limits))
+            raise GuestError("memory_limit", memory_message(job.limits))
         with self._running():
             if (
                 job.workdir is None
@@ -346,7 +340,7 @@ class Runtime:
         store, limits = warm.store, job.limits
         try:
             if fuel is None:
-                fuel = limits.fuel if limits.fuel is not None else _UNLIMITED_FUEL
+                fuel = limits.fuel if limits.fuel is not None else UNLIMITED_FUEL
             store.set_fuel(fuel)
             store.set_epoch_deadline(self._deadline_ticks(limits))
             call = warm.calls.get(job.func)
@@ -356,18 +350,12 @@ class Runtime:
                     warm.exports[job.func], sig.params, sig.results
                 )
             result = call(store, [v for v in values if not isinstance(v, bytes)])
-        except Exception as raised:  # noqa: BLE001 - every guest failure becomes a GuestError
-            fault = take_host_fault()
-            cause: BaseException = fault.error if fault is not None else raised
-            memory_full = _memory_full(store, warm.instance, limits)
-            store.close()
-            if _exit_code(cause) == 0:
+        except Exception as raised:
+            err = failure(raised, take_host_fault(), limits, store=store, instance=warm.instance)
+            store.close()  # a failed instance is never reused
+            if err is None:
                 return None  # WASI proc_exit(0) is a normal end of the call
-            if fault is not None and not _is_wasmtime(cause):
-                raise GuestError(
-                    "trap", f"host function {fault.function} failed: {cause}"
-                ) from cause
-            raise _classify(cause, limits, memory_full, instantiating=False) from cause
+            raise err from raised
         if warm.memory is not None and warm.memory.data_len(store) != warm.memory_len:
             store.close()  # a grown memory would carry this call's allocations into the next
         else:
@@ -380,7 +368,7 @@ class Runtime:
         store = wasmtime.Store(self._engine)
         instance: Any = None
         try:
-            store.set_fuel(_UNLIMITED_FUEL)
+            store.set_fuel(UNLIMITED_FUEL)
             store.set_limits(memory_size=job.limits.memory_bytes)
             store.set_epoch_deadline(self._deadline_ticks(job.limits))
             store.set_wasi(_wasi_config(job.func, None))
@@ -388,16 +376,12 @@ class Runtime:
             exports = instance.exports(store)
             if "_initialize" in loaded.info.exports:
                 exports["_initialize"](store)
-        except Exception as raised:  # noqa: BLE001 - every guest failure becomes a GuestError
-            fault = take_host_fault()
-            cause: BaseException = fault.error if fault is not None else raised
-            memory_full = instance is not None and _memory_full(store, instance, job.limits)
+        except Exception as raised:
+            err = failure(raised, take_host_fault(), job.limits, store=store, instance=instance)
             store.close()
-            raise _classify(
-                cause, job.limits, memory_full, instantiating=instance is None
-            ) from cause
+            raise err or GuestError("exit", "exited with code 0 while initialising") from raised
         memory = exports.get("memory")
-        if not _is_memory(memory):
+        if not is_memory(memory):
             memory = None
         return _Warm(store, instance, exports, memory, memory.data_len(store) if memory else 0)
 
@@ -407,7 +391,7 @@ class Runtime:
         store = wasmtime.Store(self._engine)
         instance: Any = None
         try:
-            store.set_fuel(limits.fuel if limits.fuel is not None else _UNLIMITED_FUEL)
+            store.set_fuel(limits.fuel if limits.fuel is not None else UNLIMITED_FUEL)
             store.set_limits(memory_size=limits.memory_bytes)
             store.set_epoch_deadline(self._deadline_ticks(limits))
             try:
@@ -421,28 +405,24 @@ class Runtime:
             params: list[int | float] = []
             for value in values:
                 if isinstance(value, bytes):
-                    params += _pass_bytes(store, exports, value)
+                    params += pass_bytes(store, exports, value)
                 else:
                     params.append(value)
             result = exports[func](store, *params)
             if job.returns_bytes:
-                return _read_packed(store, exports, int(result))
+                return read_packed(store, exports, int(result))
             if result is None or isinstance(result, int | float):
                 return result
             raise GuestError("abi", f"{func} returned an unsupported value {result!r}")
         except GuestError:
             raise
-        except Exception as raised:  # noqa: BLE001 - every guest failure becomes a GuestError
-            fault = take_host_fault()
-            cause: BaseException = fault.error if fault is not None else raised
-            if _exit_code(cause) == 0 and not job.returns_bytes:
+        except Exception as raised:
+            err = failure(raised, take_host_fault(), limits, store=store, instance=instance)
+            if err is None and not job.returns_bytes:
                 return None  # WASI proc_exit(0) is a normal end of the call
-            if fault is not None and not _is_wasmtime(cause):
-                raise GuestError(
-                    "trap", f"host function {fault.function} failed: {cause}"
-                ) from cause
-            memory_full = instance is not None and _memory_full(store, instance, limits)
-            raise _classify(cause, limits, memory_full, instantiating=instance is None) from cause
+            raise err or GuestError(
+                "exit", "exited with code 0 before returning its bytes"
+            ) from raised
         finally:
             store.close()
 
@@ -475,7 +455,6 @@ class Runtime:
 
     def interrupt_all(self) -> None:
         """Push every running call past its deadline (shutdown must not wait for guests)."""
-        self._interrupted = True
         for _ in range(self._max_ticks + 1):
             self._engine.increment_epoch()
 
@@ -495,22 +474,6 @@ class Runtime:
             self._warm.clear()
 
 
-# --- helpers (pure, or per-store) ---------------------------------------------------------------
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _wasi_config(func: str, workdir: Path | None) -> Any:
     wasi = wasmtime.WasiConfig()
     wasi.argv = [func]
@@ -521,128 +484,3 @@ def _wasi_config(func: str, workdir: Path | None) -> Any:
         wasi.stderr_file = str(workdir / "stderr.log")
         wasi.preopen_dir(str(workdir), ".", True)
     return wasi
-
-
-def _coerce(func: str, sig: FuncSig, args: tuple[Arg, ...], returns_bytes: bool) -> list[Arg]:
-    """Check ``args`` against ``sig`` before anything runs; ints wrap to signed, ints->floats."""
-    bad = [t for t in (*sig.params, *sig.results) if t not in _NUMERIC]
-    if bad or len(sig.results) > 1:
-        raise GuestError("abi", f"{func} has an unsupported signature {sig}")
-    width = sum(2 if isinstance(a, bytes | bytearray) else 1 for a in args)
-    if width != len(sig.params):
-        raise GuestError("abi", f"{func} takes {len(sig.params)} parameter(s), got {width}")
-    if returns_bytes and sig.results != ("i64",):
-        raise GuestError("abi", f"{func} must return one i64 (ptr << 32 | len) to return bytes")
-    values: list[Arg] = []
-    index = 0
-    for arg in args:
-        ty = sig.params[index]
-        if isinstance(arg, bytes | bytearray):
-            if sig.params[index : index + 2] != ("i32", "i32"):
-                raise GuestError("abi", f"parameter {index} of {func} is {ty}, got bytes")
-            values.append(bytes(arg))
-            index += 2
-            continue
-        if isinstance(arg, int) and ty in _INT_RANGE:
-            bits = _INT_RANGE[ty]
-            if not -(2 ** (bits - 1)) <= arg < 2**bits:
-                raise GuestError("abi", f"parameter {index} of {func} is out of the {ty} range")
-            values.append(arg - 2**bits if arg >= 2 ** (bits - 1) else arg)
-        elif ty in ("f32", "f64"):
-            values.append(float(arg))
-        else:
-            raise GuestError("abi", f"parameter {index} of {func} is {ty}, got {arg!r}")
-        index += 1
-    return values
-
-
-def _pass_bytes(store: Any, exports: Any, data: bytes) -> list[int | float]:
-    alloc, memory = exports.get("alloc"), exports.get("memory")
-    if not isinstance(alloc, wasmtime.Func) or not isinstance(memory, wasmtime.Memory):
-        raise GuestError("abi", "bytes arguments need exported memory and alloc(i32) -> i32")
-    ptr = int(alloc(store, len(data))) & _U32
-    if ptr == 0 or ptr + len(data) > memory.data_len(store):
-        raise GuestError("abi", f"alloc({len(data)}) returned an unusable pointer {ptr}")
-    if data:
-        memory.write(store, data, ptr)
-    return [ptr - 2**32 if ptr >= 2**31 else ptr, len(data)]
-
-
-def _read_packed(store: Any, exports: Any, packed: int) -> bytes:
-    memory = exports.get("memory")
-    if not isinstance(memory, wasmtime.Memory):
-        raise GuestError("abi", "returning bytes needs an exported memory")
-    packed &= _U64  # i64 results come back signed
-    ptr, length = packed >> 32, packed & _U32
-    if ptr + length > memory.data_len(store):
-        raise GuestError("abi", f"returned bytes {ptr}+{length} lie outside the guest's memory")
-    return bytes(memory.read(store, ptr, ptr + length))
-
-
-def _memory_full(store: Any, instance: Any, limits: CallLimits) -> bool:
-    """Whether one more page would exceed the cap: the guest hit it."""
-    try:
-        memory = instance.exports(store).get("memory")
-        if not isinstance(memory, wasmtime.Memory):
-            return False
-        return int(memory.data_len(store)) + _PAGE > limits.memory_bytes
-    except wasmtime.WasmtimeError:  # only used to name the failure; never fail over it
-        return False
-
-
-def _exit_code(exc: BaseException) -> int | None:
-    """The WASI exit status if ``exc`` is a ``proc_exit``, else None."""
-    return int(exc.code) if isinstance(exc, wasmtime.ExitTrap) else None
-
-
-def _is_memory(value: object) -> bool:
-    return isinstance(value, wasmtime.Memory)
-
-
-def _is_wasmtime(exc: BaseException) -> bool:
-    return isinstance(exc, wasmtime.WasmtimeError | wasmtime.Trap)
-
-
-def _classify(
-    exc: BaseException, limits: CallLimits, memory_full: bool, *, instantiating: bool
-) -> GuestError:
-    code = _exit_code(exc)
-    if code is not None:
-        return GuestError("exit", f"exited with code {code}")
-    if isinstance(exc, wasmtime.Trap):
-        trap_code = exc.trap_code
-        if trap_code == wasmtime.TrapCode.INTERRUPT:
-            return GuestError("timeout", f"exceeded its time limit of {_ms(limits.timeout_s)} ms")
-        if trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
-            fuel = limits.fuel or _UNLIMITED_FUEL
-            return GuestError("out_of_fuel", f"ran out of fuel ({fuel} units)")
-        if memory_full:
-            return GuestError("memory_limit", _memory_message(limits))
-        return GuestError("trap", _reason(exc))
-    if isinstance(exc, wasmtime.WasmtimeError):
-        if "exceeds memory limits" in str(exc):
-            return GuestError("memory_limit", _memory_message(limits))
-        return GuestError("link" if instantiating else "trap", _reason(exc))
-    # Arguments are checked before the call, so a plain Python exception here is a host
-    # function's, reported through wasmtime-py's process-wide slot from a concurrent call.
-    return GuestError("trap", f"the guest trapped in a host function ({type(exc).__name__})")
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful line of a wasmtime message: the cause, not the backtrace header."""
-    lines = [line.strip() for line in str(exc).splitlines()]
-    cause = next((line for i, line in enumerate(lines) if line and "Caused by:" in lines[:i]), None)
-    head = lines[0] if lines else type(exc).__name__
-    if cause is None:
-        return head
-    cause = cause.removeprefix("wasm trap: ")
-    return cause if head.startswith("error while executing") else f"{head}: {cause}"
-
-
-def _memory_message(limits: CallLimits) -> str:
-    return f"exceeded its memory limit of {limits.memory_bytes} bytes"
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:.0f}" if abs(ms - round(ms)) < 1e-6 else f"{ms:.3f}".rstrip("0")
