@@ -105,6 +105,34 @@ class Step:
     to: dict[str, Any] | None = None
 
 
+def upper_step(**overrides: Any) -> Step:
+    """textfile.upper: uploaded input.txt in, uppercased output.txt out."""
+    fields: dict[str, Any] = {
+        "execution": ["input.txt"],
+        "output": ["output.txt"],
+        "method": "post",
+    }
+    return Step("textfile", "upper", **(fields | overrides))
+
+
+def prefix_step(**overrides: Any) -> Step:
+    """textfile.prefix: the deployment's prefix.txt + uploaded input.txt → prefixed.txt."""
+    fields: dict[str, Any] = {
+        "execution": ["input.txt"],
+        "deployment": ["prefix.txt"],
+        "output": ["prefixed.txt"],
+        "method": "post",
+    }
+    return Step("textfile", "prefix", **(fields | overrides))
+
+
+def upload(name: str, data: bytes) -> aiohttp.FormData:
+    """A multipart body carrying one file part."""
+    form = aiohttp.FormData()
+    form.add_field(name, data, filename=name)
+    return form
+
+
 def mini_manifest(
     dep: str,
     device_url: str,

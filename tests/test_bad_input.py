@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.stack import Stack, fibo_node
-from tests.support import Step, mini_manifest
+from tests.support import Step, mini_manifest, upload, upper_step
 
 
 async def _post(stack: Stack, url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
@@ -125,9 +125,7 @@ async def test_bad_arguments_are_400(stack: Stack) -> None:
 
 async def test_unexpected_or_traversing_upload_field_is_400(stack: Stack) -> None:
     dev = await stack.make_device()
-    steps = [
-        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
-    ]
+    steps = [upper_step()]
     assert (
         await stack.deploy(dev, mini_manifest("up", dev.url, stack.files_url, steps))
     ).status == 200
@@ -152,14 +150,11 @@ async def test_oversized_body_is_413(stack: Stack, tmp_path: Path) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert code == 413 and body["status"] == "error"
-    steps = [
-        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
-    ]
+    steps = [upper_step()]
     assert (
         await stack.deploy(dev, mini_manifest("big", dev.url, stack.files_url, steps))
     ).status == 200
-    form = aiohttp.FormData()
-    form.add_field("input.txt", b"x" * (2 * 1024 * 1024), filename="input.txt")
+    form = upload("input.txt", b"x" * (2 * 1024 * 1024))
     code, body = await _post(stack, f"{dev.url}/big/modules/textfile/upper", data=form)
     assert code == 413
 

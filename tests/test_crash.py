@@ -33,7 +33,9 @@ from tests.support import (
     default_files,
     file_server_app,
     mini_manifest,
+    prefix_step,
     sha256_of,
+    upload,
 )
 
 SEED_ENV = "BATON_CRASH_SEED"
@@ -67,16 +69,8 @@ def fibo_steps(timeout_ms: int = 2000) -> list[Step]:
     return [Step("fibo", "fibo", [("param0", "integer")], limits={"timeoutMs": timeout_ms})]
 
 
-def prefix_step(timeout_ms: int = 2000) -> Step:
-    return Step(
-        "textfile",
-        "prefix",
-        execution=["input.txt"],
-        deployment=["prefix.txt"],
-        output=["prefixed.txt"],
-        method="post",
-        limits={"timeoutMs": timeout_ms},
-    )
+def limited_prefix_step(timeout_ms: int = 2000) -> Step:
+    return prefix_step(limits={"timeoutMs": timeout_ms})
 
 
 def variant_node(dep_id: str, variant: int, device_url: str, files_url: str) -> dict[str, Any]:
@@ -89,7 +83,7 @@ def variant_node(dep_id: str, variant: int, device_url: str, files_url: str) -> 
         dep_id,
         device_url,
         files_url,
-        [prefix_step(timeout_ms)],
+        [limited_prefix_step(timeout_ms)],
         data_files={"textfile": {"prefix.txt": data}},
     )
 
@@ -115,8 +109,7 @@ async def call_fibo(session: aiohttp.ClientSession, url: str, dep_id: str, n: in
 
 
 async def call_prefix(session: aiohttp.ClientSession, url: str, dep_id: str, text: bytes) -> bytes:
-    form = aiohttp.FormData()
-    form.add_field("input.txt", text, filename="input.txt")
+    form = upload("input.txt", text)
     async with session.post(
         f"{url}/{dep_id}/modules/textfile/prefix?wait=5", data=form, timeout=HTTP_TIMEOUT
     ) as resp:
@@ -426,7 +419,7 @@ async def test_restart_restores_without_orchestrator(
             "keep-text",
             sup.url,
             files_url,
-            [prefix_step()],
+            [limited_prefix_step()],
             data_files={"textfile": {"prefix.txt": "prefix.txt"}},
         ),
     ]

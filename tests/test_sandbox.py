@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.stack import Stack
-from tests.support import Step, mini_manifest
+from tests.support import Step, mini_manifest, upload
 
 
 @pytest.fixture
@@ -21,8 +20,7 @@ def secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def _probe(stack: Stack, url: str, func: str, path: str | None = None) -> int:
-    form = aiohttp.FormData()
-    form.add_field("input.txt", b"mine", filename="input.txt")
+    form = upload("input.txt", b"mine")
     params = {"wait": "5"} | ({"path": path} if path is not None else {})
     async with stack.session.post(
         f"{url}/sandbox/modules/probe/{func}", params=params, data=form

@@ -6,13 +6,12 @@ import asyncio
 import json
 from pathlib import Path
 
-import aiohttp
 import psutil
 from aiohttp.test_utils import TestServer
 
 from supervisor.app import build_app
 from tests.stack import Stack, fibo_node
-from tests.support import Step, mini_manifest
+from tests.support import Step, mini_manifest, prefix_step, upload, upper_step
 
 
 async def test_health_and_description_report_real_platform_data(stack: Stack) -> None:
@@ -123,14 +122,11 @@ async def test_changed_deployment_replaces_only_when_ready(stack: Stack) -> None
 
 async def test_delete_removes_deployment_and_files(stack: Stack) -> None:
     dev = await stack.make_device()
-    steps = [
-        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
-    ]
+    steps = [upper_step()]
     assert (
         await stack.deploy(dev, mini_manifest("gone", dev.url, stack.files_url, steps))
     ).status == 200
-    form = aiohttp.FormData()
-    form.add_field("input.txt", b"abc", filename="input.txt")
+    form = upload("input.txt", b"abc")
     async with stack.session.post(
         f"{dev.url}/gone/modules/textfile/upper?wait=5", data=form
     ) as resp:
@@ -150,15 +146,8 @@ async def test_delete_removes_deployment_and_files(stack: Stack) -> None:
 async def test_files_in_and_out_per_request(stack: Stack) -> None:
     dev = await stack.make_device()
     steps = [
-        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post"),
-        Step(
-            "textfile",
-            "prefix",
-            execution=["input.txt"],
-            deployment=["prefix.txt"],
-            output=["prefixed.txt"],
-            method="post",
-        ),
+        upper_step(),
+        prefix_step(),
     ]
     node = mini_manifest(
         "files",
@@ -168,8 +157,7 @@ async def test_files_in_and_out_per_request(stack: Stack) -> None:
         data_files={"textfile": {"prefix.txt": "prefix.txt"}},
     )
     assert (await stack.deploy(dev, node)).status == 200
-    form = aiohttp.FormData()
-    form.add_field("input.txt", b"make me loud", filename="input.txt")
+    form = upload("input.txt", b"make me loud")
     async with stack.session.post(
         f"{dev.url}/files/modules/textfile/upper?wait=5", data=form
     ) as resp:
@@ -179,8 +167,7 @@ async def test_files_in_and_out_per_request(stack: Stack) -> None:
         assert await resp.read() == b"MAKE ME LOUD"
     async with stack.session.get(f"{dev.url}/module_results/textfile/output.txt") as resp:
         assert await resp.read() == b"MAKE ME LOUD"  # the reference's fixed path still works
-    form = aiohttp.FormData()
-    form.add_field("input.txt", b"data", filename="input.txt")
+    form = upload("input.txt", b"data")
     async with stack.session.post(
         f"{dev.url}/files/modules/textfile/prefix?wait=5", data=form
     ) as resp:
@@ -269,8 +256,7 @@ async def test_files_travel_along_the_chain(stack: Stack) -> None:
     )
     assert (await stack.deploy(b, last)).status == 200
     assert (await stack.deploy(a, first)).status == 200
-    form = aiohttp.FormData()
-    form.add_field("input.txt", b"twelve bytes", filename="input.txt")
+    form = upload("input.txt", b"twelve bytes")
     async with stack.session.post(
         f"{a.url}/fchain/modules/textfile/upper?wait=5", data=form
     ) as resp:
@@ -394,16 +380,13 @@ async def test_history_is_bounded(stack: Stack) -> None:
 
 async def test_concurrent_calls_with_different_files_are_isolated(stack: Stack) -> None:
     dev = await stack.make_device()
-    steps = [
-        Step("textfile", "upper", execution=["input.txt"], output=["output.txt"], method="post")
-    ]
+    steps = [upper_step()]
     assert (
         await stack.deploy(dev, mini_manifest("iso", dev.url, stack.files_url, steps))
     ).status == 200
 
     async def one(i: int) -> tuple[int, bytes]:
-        form = aiohttp.FormData()
-        form.add_field("input.txt", f"call number {i} ".encode() * (i + 1), filename="input.txt")
+        form = upload("input.txt", f"call number {i} ".encode() * (i + 1))
         async with stack.session.post(
             f"{dev.url}/iso/modules/textfile/upper?wait=30", data=form
         ) as resp:
