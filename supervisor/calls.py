@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from supervisor.errors import BadRequest
+from supervisor.errors import BadRequest, GuestError
 from supervisor.protocol import ParamSpec
 
 BYTES_TYPES = frozenset({"string", "object", "array"})
@@ -88,7 +88,12 @@ def decode_result(raw: int | float | bytes | None, result_type: str | None) -> A
         return None
     if isinstance(raw, bytes):
         text = raw.decode("utf-8", errors="replace")
-        return json.loads(text) if result_type in {"object", "array"} else text
+        if result_type not in {"object", "array"}:
+            return text
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            raise GuestError("abi", f"the function returned invalid JSON: {err}") from err
     if result_type == "boolean":
         return bool(raw)
     if result_type in FLOAT_TYPES or isinstance(raw, float):

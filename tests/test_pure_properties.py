@@ -218,3 +218,12 @@ def test_content_digest_ignores_key_order() -> None:
     body["modules"][0]["urls"]["other"]["a"] = "changed"
     c = protocol.decode(json.dumps(body).encode(), protocol.DeploymentNode)
     assert content_digest(c) != content_digest(a)
+
+
+def test_invalid_json_from_a_guest_is_a_guest_error() -> None:
+    from supervisor.errors import GuestError
+
+    with pytest.raises(GuestError) as info:
+        decode_result(b"{not json", "object")
+    assert info.value.kind == "abi"
+    assert decode_result(b"{not json", "string") == "{not json"
