@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class Metrics:
     def __init__(self) -> None:
         self._started = time.monotonic()
         self._series: dict[Key, _Series] = defaultdict(_Series)
+        # Per-bucket (not cumulative) counts; render() accumulates them as Prometheus wants.
         self._buckets: dict[Key, list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
 
     def call(self, deployment: str, module: str, function: str, seconds: float, ok: bool) -> None:
@@ -39,10 +41,9 @@ class Metrics:
         series.seconds += seconds
         if not ok:
             series.errors += 1
-        buckets = self._buckets[key]
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                buckets[i] += 1
+        index = bisect.bisect_left(BUCKETS, seconds)
+        if index < len(BUCKETS):  # beyond the last bound only +Inf (the call count) counts it
+            self._buckets[key][index] += 1
 
     def trap(self, deployment: str, module: str, function: str) -> None:
         self._series[(deployment, module, function)].traps += 1
@@ -77,8 +78,10 @@ class Metrics:
         out += [f"# HELP {name} Wall time of function calls.", f"# TYPE {name} histogram"]
         for key, series in sorted(self._series.items()):
             labels = _labels(key)
+            cumulative = 0
             for bound, count in zip(BUCKETS, self._buckets[key], strict=True):
-                out.append(f'{name}_bucket{{{labels},le="{bound}"}} {count}')
+                cumulative += count
+                out.append(f'{name}_bucket{{{labels},le="{bound}"}} {cumulative}')
             out.append(f'{name}_bucket{{{labels},le="+Inf"}} {series.calls}')
             out.append(f"{name}_sum{{{labels}}} {series.seconds:.6f}")
             out.append(f"{name}_count{{{labels}}} {series.calls}")

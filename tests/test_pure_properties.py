@@ -227,3 +227,20 @@ def test_invalid_json_from_a_guest_is_a_guest_error() -> None:
         decode_result(b"{not json", "object")
     assert info.value.kind == "abi"
     assert decode_result(b"{not json", "string") == "{not json"
+
+
+@given(st.lists(st.floats(0, 20, allow_nan=False), max_size=30))
+def test_histogram_buckets_are_cumulative(durations: list[float]) -> None:
+    from supervisor.metrics import BUCKETS, Metrics
+
+    metrics = Metrics()
+    for seconds in durations:
+        metrics.call("d", "m", "f", seconds, ok=True)
+    text = metrics.render(deployments=1, in_flight=0)
+    for bound in BUCKETS:
+        line = f'baton_call_duration_seconds_bucket{{deployment="d",module="m",function="f",le="{bound}"}}'
+        if durations:
+            count = int(next(x for x in text.splitlines() if x.startswith(line)).rsplit(" ", 1)[1])
+            assert count == sum(1 for d in durations if d <= bound)
+    if durations:
+        assert f'le="+Inf"}} {len(durations)}' in text
