@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.calls import query_text
-from supervisor.protocol import Endpoint
+from supervisor.protocol import Endpoint, RequestBody
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _param_names(endpoint: Endpoint) -> list[str]:
 
 def _file_fields(endpoint: Endpoint) -> list[str]:
     body = endpoint.request.request_body
-    if body is None:
+    if not isinstance(body, RequestBody):
         return []
     names: list[str] = []
     if body.encoding:

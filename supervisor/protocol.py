@@ -54,14 +54,18 @@ class Schema(msgspec.Struct, omit_defaults=True):
     format: str | None = None
 
 
-class Parameter(msgspec.Struct, omit_defaults=True):
+# Structs a reference supervisor builds with ``Cls(**obj)`` always encode their defaults (it
+# has no defaults for them); optional keys use UNSET, which msgspec leaves out entirely.
+
+
+class Parameter(msgspec.Struct):
     """An OpenAPI parameter object describing one function argument."""
 
     name: str
     in_: str = msgspec.field(name="in", default="query")
-    description: str | None = None
+    description: str | msgspec.UnsetType = msgspec.UNSET
     required: bool = True
-    schema: Schema | None = None
+    schema: Schema | msgspec.UnsetType = msgspec.UNSET
 
 
 class RequestBody(msgspec.Struct, omit_defaults=True):
@@ -70,17 +74,17 @@ class RequestBody(msgspec.Struct, omit_defaults=True):
     encoding: dict[str, Any] | None = None
 
 
-class EndpointRequest(msgspec.Struct, omit_defaults=True):
+class EndpointRequest(msgspec.Struct):
     parameters: list[Parameter] = []
-    request_body: RequestBody | None = None
+    request_body: RequestBody | msgspec.UnsetType = msgspec.UNSET
 
 
-class EndpointResponse(msgspec.Struct, omit_defaults=True):
+class EndpointResponse(msgspec.Struct):
     media_type: str = JSON
-    schema: Schema | None = None
+    schema: Schema | msgspec.UnsetType = msgspec.UNSET
 
 
-class Endpoint(msgspec.Struct, omit_defaults=True):
+class Endpoint(msgspec.Struct):
     """Where a function is served: ``url`` + ``path``, with its method and I/O description."""
 
     url: str
@@ -92,16 +96,17 @@ class Endpoint(msgspec.Struct, omit_defaults=True):
     @property
     def result_type(self) -> str | None:
         """The JSON type of the function's value; ``None`` for file responses (value as is)."""
-        if not self.response.media_type.startswith(JSON) or self.response.schema is None:
+        schema = self.response.schema
+        if not self.response.media_type.startswith(JSON) or not isinstance(schema, Schema):
             return None
-        return self.response.schema.type
+        return schema.type
 
     @property
     def full_url(self) -> str:
         return self.url.rstrip("/") + "/" + self.path.lstrip("/")
 
 
-class Mount(msgspec.Struct, omit_defaults=True):
+class Mount(msgspec.Struct):
     """A file a function reads or writes, by name relative to its working directory."""
 
     path: str
@@ -115,9 +120,9 @@ class FunctionMounts(msgspec.Struct):
     output: list[Mount] = []
 
 
-class ModuleUrls(msgspec.Struct, omit_defaults=True):
+class ModuleUrls(msgspec.Struct):
     binary: str
-    description: str | None = None
+    description: str | msgspec.UnsetType = msgspec.UNSET
     other: dict[str, str] = {}
 
 
@@ -153,14 +158,14 @@ class ModuleExtension(msgspec.Struct, omit_defaults=True):
     files: dict[str, str] = {}
 
 
-class ParamSpec(msgspec.Struct, omit_defaults=True):
+class ParamSpec(msgspec.Struct):
     """Typed parameter metadata: integer, number, string, boolean, object or array."""
 
     name: str
     type: str = "integer"
 
 
-class BatonExtension(msgspec.Struct, omit_defaults=True):
+class BatonExtension(msgspec.Struct):
     """Everything Baton adds to a mini-manifest, under its single top-level ``baton`` key."""
 
     apiVersion: int = API_VERSION
@@ -195,7 +200,10 @@ class DeploymentNode(msgspec.Struct):
             return self.baton.params[module][func]
         endpoint = self.endpoints[module][func]
         return [
-            ParamSpec(p.name, (p.schema.type if p.schema and p.schema.type else "integer"))
+            ParamSpec(
+                p.name,
+                p.schema.type if isinstance(p.schema, Schema) and p.schema.type else "integer",
+            )
             for p in endpoint.request.parameters
             if p.in_ == "query"
         ]
