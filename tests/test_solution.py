@@ -82,7 +82,6 @@ def _fibo_pair() -> tuple[dict[str, Any], dict[str, Any]]:
 FIXTURES = ("chain-first-deviceA.deploy.json", "chain-last-deviceB.deploy.json")
 
 
-
 def test_fibo_chain_has_exactly_the_reference_shape() -> None:
     for ours, name in zip(_fibo_pair(), FIXTURES, strict=True):
         assert _shape_diff(ours, json.loads((CAPTURES / name).read_text())) == (set(), set())
