@@ -42,15 +42,15 @@ __all__ = [
 
 
 class State(StrEnum):
-    QUEUED = "queued"
-    PLANNING = "planning"
-    DEPLOYING = "deploying"
-    ACTIVE = "active"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
-    BROKEN = "broken"
-    SUPERSEDED = "superseded"  # was ACTIVE, replaced by a newer ACTIVE revision
-    REMOVED = "removed"  # the deployment was deleted
+    QUEUED = "QUEUED"
+    PLANNING = "PLANNING"
+    DEPLOYING = "DEPLOYING"
+    ACTIVE = "ACTIVE"
+    FAILED = "FAILED"
+    ROLLED_BACK = "ROLLED_BACK"
+    BROKEN = "BROKEN"
+    SUPERSEDED = "SUPERSEDED"  # was ACTIVE, replaced by a newer ACTIVE revision
+    REMOVED = "REMOVED"  # the deployment was deleted
 
 
 class Event(StrEnum):
@@ -58,7 +58,7 @@ class Event(StrEnum):
     PLANNED = "planned"
     APPLIED = "applied"
     FAIL = "fail"
-    ROLLED_BACK = "rolled_back"
+    ROLLED_BACK = "ROLLED_BACK"
     ROLLBACK_FAILED = "rollback_failed"
     SUPERSEDE = "supersede"
     REMOVE = "remove"

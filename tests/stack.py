@@ -60,12 +60,12 @@ async def stack(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[
     async def make_device(**overrides: Any) -> Device:
         nonlocal counter
         counter += 1
-        settings = Settings(
-            state_dir=tmp_path / f"dev{counter}",
-            name=f"dev{counter}",
-            mdns_enabled=False,
-            **overrides,
-        )
+        defaults: dict[str, Any] = {
+            "state_dir": tmp_path / f"dev{counter}",
+            "name": f"dev{counter}",
+            "mdns_enabled": False,
+        }
+        settings = Settings(**(defaults | overrides))
         server = await aiohttp_server(build_app(settings))
         return Device(server, settings)
 

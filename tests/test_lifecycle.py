@@ -100,8 +100,8 @@ def test_transition_wire_name_is_from() -> None:
     doc = msgspec.json.decode(msgspec.json.encode(t))
     assert doc == {
         "revision": 3,
-        "from": "active",
-        "to": "superseded",
+        "from": "ACTIVE",
+        "to": "SUPERSEDED",
         "event": "supersede",
         "at": 5.5,
         "reason": None,

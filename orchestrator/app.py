@@ -1,0 +1,136 @@
+"""Composition root of the orchestrator: builds the application and owns its lifecycle.
+
+Start-up: state (devices, modules, deployments restored) → HTTP client → discovery (mDNS
+browse) and health monitor → deployments resume any revision a crash interrupted. Shutdown
+runs in reverse. The problem middleware is the one place errors become HTTP bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from orchestrator.config import Settings
+from orchestrator.deployments import Deployments
+from orchestrator.devices import Device, DeviceRegistry
+from orchestrator.discovery import Discovery
+from orchestrator.errors import NotFound, OrchestratorError, PayloadTooLarge
+from orchestrator.executions import Executions
+from orchestrator.modules import ModuleRegistry
+from orchestrator.monitor import HealthMonitor
+from orchestrator.routes import CONTEXT, Context, reply, routes
+from orchestrator.store import Store
+from orchestrator.supervisor_client import SupervisorClient
+
+_LOGGER = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _problem(request: web.Request, err: OrchestratorError) -> web.Response:
+    body = {"status": "error", "result": err.message, "type": err.type}
+    if err.field is not None:
+        body["field"] = err.field
+    if err.detail is not None:
+        body["detail"] = err.detail
+    return reply(request, body, status=err.status)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except OrchestratorError as err:
+        return _problem(request, err)
+    except web.HTTPRequestEntityTooLarge:
+        return _problem(request, PayloadTooLarge("request body is too large"))
+    except web.HTTPNotFound:
+        return _problem(request, NotFound(f"no route for {request.path}"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        _LOGGER.exception("unhandled error on %s %s", request.method, request.path)
+        return _problem(request, OrchestratorError("internal error; see the orchestrator's log"))
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[problem_middleware])
+    app.add_routes(routes)
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
+    return app
+
+
+async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[None]:
+    store = Store(settings.state_dir)
+    session = aiohttp.ClientSession()
+    devices = DeviceRegistry()
+    for doc in await store.all("devices"):
+        devices.restore(doc["device"])
+
+    async def persist_device(device: Device, kind: str) -> None:
+        if kind == "removed":
+            await store.delete("devices", "id", device.id)
+        else:
+            await store.put(
+                "devices", "id", {"id": device.id, "device": msgspec.to_builtins(device)}
+            )
+
+    devices.on_change.append(persist_device)
+    modules = ModuleRegistry(store)
+    await modules.load()
+    client = SupervisorClient(session, token=settings.token)
+    deployments = Deployments(
+        store, modules, devices, client, lambda digest: f"{settings.base_url}/blobs/{digest}"
+    )
+
+    def device_of(url: str) -> tuple[str, int | None] | None:
+        netloc = urlsplit(url).netloc
+        for device in devices.all():
+            if urlsplit(device.url).netloc == netloc:
+                return device.name, device.api_version
+        return None
+
+    executions = Executions(session, device_of)
+    # Always there for manual registration; it browses only when mDNS is on.
+    discovery = Discovery(
+        devices,
+        session,
+        interfaces=list(settings.mdns_interfaces) if settings.mdns_interfaces else None,
+    )
+    monitor = HealthMonitor(
+        devices,
+        session,
+        interval_s=settings.health_interval_s,
+        lost_after=settings.lost_after,
+        back_after=settings.back_after,
+    )
+    app[CONTEXT] = Context(
+        token=settings.token,
+        store=store,
+        devices=devices,
+        discovery=discovery,
+        modules=modules,
+        deployments=deployments,
+        executions=executions,
+        execution_deadline_s=settings.execution_deadline_s,
+        started=time.monotonic(),
+    )
+    try:
+        if settings.mdns_enabled:
+            await discovery.start()
+        await monitor.start()
+        await deployments.load()
+        yield
+    finally:
+        await executions.stop()
+        await deployments.stop()
+        await monitor.stop()
+        await discovery.stop()
+        await devices.drain()
+        await session.close()
+        await store.close()

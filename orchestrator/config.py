@@ -1,0 +1,108 @@
+"""Orchestrator settings from flags and ``BATON_*`` environment (flag > environment > default)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 3000  # the wasmiot reference orchestrator's port
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used; the message names the flag or variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"  # noqa: S104 (the control plane serves the fleet's network)
+    public_url: str | None = None  # how devices reach us (blob downloads); default from host
+    token: str | None = None
+    mdns_enabled: bool = True
+    mdns_interfaces: tuple[str, ...] | None = None
+    health_interval_s: float = 5.0
+    lost_after: int = 3
+    back_after: int = 2
+    execution_deadline_s: float = 60.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    shutdown_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="baton-orchestrator", description="Baton orchestrator")
+    p.add_argument("--port", type=int, help="HTTP port (env BATON_ORCHESTRATOR_PORT; default 3000)")
+    p.add_argument("--host", help="listen address (env BATON_ORCHESTRATOR_HOST; default 0.0.0.0)")
+    p.add_argument(
+        "--state-dir", help="state file and module blobs (env BATON_ORCHESTRATOR_STATE_DIR)"
+    )
+    p.add_argument("--public-url", help="URL devices use to reach this orchestrator")
+    p.add_argument("--token-file", help="file holding the bearer token for mutating routes")
+    p.add_argument(
+        "--mdns-interfaces",
+        help="comma-separated addresses to browse on, 'all' (default) or 'none' "
+        "(env BATON_MDNS_INTERFACES)",
+    )
+    p.add_argument("--health-interval", type=float, help="seconds between device health checks (5)")
+    p.add_argument("--lost-after", type=int, help="failed checks before a device is lost (3)")
+    p.add_argument("--back-after", type=int, help="good checks before a lost device is back (2)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
+    args = _parser().parse_args(argv)
+    port = (
+        args.port
+        if args.port is not None
+        else int(env.get("BATON_ORCHESTRATOR_PORT") or DEFAULT_PORT)
+    )
+    if not 0 < port < 65536:
+        raise ConfigError(f"port {port} is out of range")
+    token = None
+    token_file = args.token_file or env.get("BATON_TOKEN_FILE")
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(f"cannot read token file {token_file}: {err.strerror}") from err
+        if not token:
+            raise ConfigError(f"token file {token_file} is empty")
+    interfaces_text = (args.mdns_interfaces or env.get("BATON_MDNS_INTERFACES") or "all").strip()
+    mdns_enabled = interfaces_text.lower() != "none"
+    interfaces = (
+        None
+        if interfaces_text.lower() in {"all", "none"}
+        else tuple(i.strip() for i in interfaces_text.split(",") if i.strip())
+    )
+    state = args.state_dir or env.get("BATON_ORCHESTRATOR_STATE_DIR") or env.get("STATE_DIRECTORY")
+    return Settings(
+        state_dir=Path(state.split(":")[0])
+        if state
+        else Path.home() / ".local/state/baton-orchestrator",
+        port=port,
+        host=args.host or env.get("BATON_ORCHESTRATOR_HOST") or "0.0.0.0",  # noqa: S104
+        public_url=args.public_url,
+        token=token,
+        mdns_enabled=mdns_enabled,
+        mdns_interfaces=interfaces,
+        health_interval_s=args.health_interval or 5.0,
+        lost_after=args.lost_after or 3,
+        back_after=args.back_after or 2,
+        log_level=(args.log_level or env.get("BATON_LOG_LEVEL") or "INFO").upper(),
+    )
+
+
+def settings_from_environment(argv: Sequence[str]) -> Settings:
+    return load_settings(argv, os.environ)

@@ -1,0 +1,118 @@
+"""The module registry: upload, inspect, store by digest, resolve ``name`` / ``name@version``.
+
+Uploading reads the binary's real imports and exports (invalid Wasm is refused), checks the
+function descriptions against them, and stores the binary and data files as content-addressed
+blobs the devices download by digest. Versions are kept per name; ``name`` alone resolves to
+the most recently uploaded version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from orchestrator.errors import NotFound, Unprocessable
+from orchestrator.model import Manifest, ModuleRecord
+from orchestrator.store import Store
+from orchestrator.wasm_inspect import InvalidModule, inspect_wasm, parse_functions
+from supervisor.protocol import check_name
+
+
+class ModuleRegistry:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._records: dict[str, ModuleRecord] = {}  # "name@version" -> record
+        self._uploaded: dict[str, float] = {}
+
+    async def load(self) -> None:
+        for doc in await self._store.all("modules"):
+            record = msgspec.convert(doc["record"], ModuleRecord)
+            self._records[record.ref] = record
+            self._uploaded[record.ref] = float(doc.get("uploadedAt", 0.0))
+
+    async def add(
+        self,
+        name: str,
+        version: str,
+        wasm: bytes,
+        functions: bytes | Mapping[str, Any],
+        data_files: Mapping[str, bytes],
+    ) -> tuple[ModuleRecord, bool]:
+        """Store a module version; returns it and whether anything changed.
+
+        Re-uploading identical content is a no-op; different content under an existing
+        ``name@version`` is refused (versions are immutable).
+        """
+        for field, value in (("name", name), ("version", version)):
+            try:
+                check_name(value, field)
+            except ValueError as err:
+                raise Unprocessable(str(err), field=field) from err
+        try:
+            imports, exports = inspect_wasm(wasm)
+            specs = parse_functions(functions, exports)
+        except InvalidModule as err:
+            raise Unprocessable(str(err), field="wasm") from err
+        for spec in specs.values():
+            for mount in spec.mounts_at("deployment"):
+                if mount.name not in data_files:
+                    raise Unprocessable(
+                        f"function {spec.name} needs the data file {mount.name!r}",
+                        field=f"files.{mount.name}",
+                    )
+        digest = await self._store.blobs.put(wasm)
+        files = {mount: await self._store.blobs.put(data) for mount, data in data_files.items()}
+        record = ModuleRecord(
+            name=name,
+            version=version,
+            digest=digest,
+            imports=imports,
+            exports=exports,
+            functions=specs,
+            data_files=dict(sorted(files.items())),
+        )
+        existing = self._records.get(record.ref)
+        if existing is not None:
+            if existing == record:
+                return existing, False
+            raise Unprocessable(
+                f"{record.ref} already exists with different content; upload a new version",
+                field="version",
+            )
+        self._records[record.ref] = record
+        self._uploaded[record.ref] = time.time()
+        await self._store.put(
+            "modules",
+            "ref",
+            {
+                "ref": record.ref,
+                "uploadedAt": self._uploaded[record.ref],
+                "record": msgspec.to_builtins(record),
+            },
+        )
+        return record, True
+
+    def all(self) -> list[ModuleRecord]:
+        return sorted(self._records.values(), key=lambda r: (r.name, self._uploaded[r.ref]))
+
+    def resolve(self, ref: str) -> ModuleRecord:
+        """``name@version`` exactly, or the latest upload of ``name``."""
+        if ref in self._records:
+            return self._records[ref]
+        versions = [r for r in self._records.values() if r.name == ref]
+        if not versions:
+            raise NotFound(f"no module {ref!r}", field="module")
+        return max(versions, key=lambda r: self._uploaded[r.ref])
+
+    def for_manifest(self, manifest: Manifest) -> dict[str, ModuleRecord]:
+        """Each step's module string → its record; unknown ones are simply absent."""
+        found: dict[str, ModuleRecord] = {}
+        for step in manifest.sequence:
+            try:
+                found[step.module] = self.resolve(step.module)
+            except NotFound:
+                continue
+        return found

@@ -1,0 +1,226 @@
+"""The orchestrator driving real supervisors on 127.0.0.1: modules, placement, deploy, run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from orchestrator.app import build_app
+from orchestrator.config import Settings
+from supervisor.config import load_profile
+from tests.conftest import ROOT, WASM_DIR, free_port
+from tests.stack import Device, Stack
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+@dataclass
+class Orchestrator:
+    url: str
+    session: aiohttp.ClientSession
+    state_dir: Path
+
+    async def post(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.session.post(self.url + path, **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.session.get(self.url + path, **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def push_module(
+        self, name: str, version: str = "1", functions: bytes | None = None
+    ) -> dict[str, Any]:
+        form = aiohttp.FormData()
+        form.add_field("name", name)
+        form.add_field("version", version)
+        form.add_field("wasm", (WASM_DIR / f"{name}.wasm").read_bytes(), filename=f"{name}.wasm")
+        described = functions or (ROOT / "modules" / name / "functions.json").read_bytes()
+        form.add_field("functions", described, filename="functions.json")
+        for data in (ROOT / "modules" / name).glob("*.txt"):
+            form.add_field(data.name, data.read_bytes(), filename=data.name)
+        status, body = await self.post("/modules", data=form)
+        assert status in (200, 201), body
+        return dict(body)
+
+    async def deploy(self, manifest: dict[str, Any], **kwargs: Any) -> tuple[int, Any]:
+        return await self.post("/deployments?wait=30", json=manifest, **kwargs)
+
+    async def run(self, dep: str, **args: Any) -> tuple[int, Any]:
+        return await self.post(f"/deployments/{dep}/executions", json=args)
+
+
+@pytest.fixture
+async def orchestrator(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> AsyncIterator[Orchestrator]:
+    port = free_port()
+    settings = Settings(
+        state_dir=tmp_path / "orchestrator",
+        port=port,
+        host="127.0.0.1",
+        mdns_enabled=False,
+        health_interval_s=0.5,
+    )
+    await aiohttp_server(build_app(settings), port=port)
+    async with aiohttp.ClientSession() as session:
+        yield Orchestrator(f"http://127.0.0.1:{port}", session, settings.state_dir)
+
+
+async def _fleet(stack: Stack, orch: Orchestrator) -> dict[str, Device]:
+    fleet = {}
+    for kind in ("camera-node", "sensor-node", "compute-node"):
+        profile = load_profile(ROOT / "devices" / f"{kind}.toml")
+        device = await stack.make_device(profile=profile, profile_dir=ROOT / "devices", name=kind)
+        port = int(device.url.rsplit(":", 1)[1])
+        status, body = await orch.post("/devices", json={"host": "127.0.0.1", "port": port})
+        assert status == 201, body
+        fleet[kind] = device
+    return fleet
+
+
+def fibo_wrapped(n: int) -> int:
+    a, b = 1, 1
+    for _ in range(n):
+        a, b = b, (a + b) & 0xFFFFFFFFFFFFFFFF
+    return a - 2**64 if a >= 2**63 else a
+
+
+PIPELINE = {
+    "name": "camera-pipeline",
+    "sequence": [
+        {"module": "fibo", "func": "fibo"},
+        {"module": "camera", "func": "image_size"},
+        {"module": "fibo", "func": "fibo"},
+    ],
+}
+
+
+async def test_place_deploy_run_update_and_refuse(stack: Stack, orchestrator: Orchestrator) -> None:
+    orch = orchestrator
+    fleet = await _fleet(stack, orch)
+    await orch.push_module("fibo")
+    await orch.push_module("camera")
+
+    # Dry run: the camera step can only go to the camera node, and every rejection is explained.
+    status, placement = await orch.post("/placements", json=PIPELINE)
+    assert status == 200, placement
+    middle = placement["steps"][1]
+    status, devices = await orch.get("/devices")
+    by_id = {d["id"]: d["name"] for d in devices}
+    assert by_id[middle["device"]] == "camera-node"
+    rejected = [c for c in middle["candidates"] if not c["feasible"]]
+    assert len(rejected) == 2 and all(
+        "takeImageDynamicSize" in " ".join(c["reasons"]) for c in rejected
+    )
+
+    # Impossible: nothing offers a host function no module of ours... pin to a missing device.
+    impossible = {
+        "name": "nowhere",
+        "sequence": [{"module": "camera", "func": "image_size", "device": "compute-node"}],
+    }
+    status, body = await orch.post("/placements", json=impossible)
+    assert status == 422 and len(body["candidates"]) == 3
+    assert all(c["reasons"] for c in body["candidates"])
+
+    # Deploy: ACTIVE, verified on each device, and a three-hop run on three devices.
+    status, dep = await orch.deploy(PIPELINE)
+    assert status == 201 and dep["state"] == "ACTIVE", dep
+    assert dep["revision"] == 1 and set(dep["jobs"]) == set(dep_devices(dep))
+    status, run = await orch.run(dep["id"], param0=5)
+    assert status == 200, run
+    image = sorted((ROOT / "devices" / "images").glob("*.ppm"))[0].stat().st_size
+    assert run["value"] == fibo_wrapped(image)
+    # Three hops; the first fibo step shares the camera node (co-location saves a hop), the
+    # second fibo step cannot (one device serves a module.func once per deployment).
+    assert [hop["device"] for hop in run["trace"]] == [by_id[d] for d in dep_devices(dep)]
+    assert len(run["trace"]) == 3 and all(hop["requestId"] for hop in run["trace"])
+
+    # Identical re-post: nothing changes on any device.
+    status, again = await orch.deploy(PIPELINE)
+    assert status == 200 and again["revision"] == 1
+
+    # An edited manifest is revision 2 and replaces revision 1; a stale If-Match is refused.
+    edited = PIPELINE | {"limits": {"fibo.fibo": {"timeoutMs": 3000}}}
+    status, rev2 = await orch.deploy(edited, headers={"If-Match": "1"})
+    assert status == 202 and rev2["revision"] == 2 and rev2["state"] == "ACTIVE", rev2
+    status, stale = await orch.deploy(
+        PIPELINE | {"limits": {"fibo.fibo": {"timeoutMs": 4000}}}, headers={"If-Match": "1"}
+    )
+    assert status == 409 and "2" in stale["result"]
+    used = {by_id[d] for d in dep_devices(rev2)}
+    for kind, device in fleet.items():
+        async with stack.session.get(device.url + "/deploy") as resp:
+            listed = (await resp.json())["deployments"]
+        assert [d["deploymentId"] for d in listed] == ([dep["id"]] if kind in used else []), (
+            kind,
+            used,
+            sorted(rev2["timings"]),
+            dep_devices(dep),
+            dep_devices(rev2),
+        )
+
+    # A device that refuses the push (corrupted blob → digest mismatch) fails the revision;
+    # revision 2 keeps running everywhere.
+    busy = {
+        "count": {
+            "method": "get",
+            "parameters": [{"name": "n", "type": "integer"}],
+            "output": "integer",
+        }
+    }
+    record = await orch.push_module("busy", functions=json.dumps(busy).encode())
+    blob = orch.state_dir / "blobs" / record["digest"]
+    blob.write_bytes(b"\0asm" + b"\0" * 16)
+    extended = PIPELINE | {"sequence": [*PIPELINE["sequence"], {"module": "busy", "func": "count"}]}
+    status, rev3 = await orch.deploy(extended)
+    assert rev3["revision"] == 3 and rev3["state"] == "ROLLED_BACK", rev3
+    assert "digest mismatch" in (rev3["error"] or "")
+    assert rev3["active"] == 2
+    status, run = await orch.run(dep["id"], param0=5)
+    assert status == 200 and run["value"] == fibo_wrapped(image)
+    kinds = [(e["revision"], e["to"]) for e in rev3["events"]]
+    assert (3, "FAILED") in kinds and (3, "ROLLED_BACK") in kinds and (2, "ACTIVE") in kinds
+
+
+def dep_devices(dep: dict[str, Any]) -> list[str]:
+    return [step["device"] for step in dep["placement"]["steps"]]
+
+
+async def test_bad_input_is_a_problem_body(orchestrator: Orchestrator) -> None:
+    orch = orchestrator
+    for path, kwargs, status in (
+        (
+            "/deployments",
+            {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+        ),
+        ("/deployments", {"json": {"name": "x", "sequence": []}}, 422),
+        (
+            "/deployments",
+            {"json": {"name": "x", "sequence": [{"module": "nope", "func": "f"}]}},
+            422,
+        ),
+        ("/placements", {"json": {"sequence": []}}, 422),
+        ("/modules", {"data": b"x"}, 400),
+        ("/devices", {"json": {"host": "127.0.0.1", "port": 1}}, 502),
+    ):
+        code, body = await orch.post(path, **kwargs)
+        assert code == status, (path, body)
+        assert body["status"] == "error" and body["result"], body
+    for path in ("/deployments/nope", "/executions/nope", "/modules/nope", "/devices/nope"):
+        code, body = await orch.get(path)
+        assert code == 404 and body["status"] == "error", path
+    form = aiohttp.FormData()
+    form.add_field("name", "bad")
+    form.add_field("wasm", b"\0asm\x01\0\0\0\x01", filename="bad.wasm")
+    code, body = await orch.post("/modules", data=form)
+    assert code == 422 and body["field"] == "wasm"
+    json.dumps(body)
