@@ -24,6 +24,7 @@ from orchestrator.errors import NotFound, OrchestratorError, PayloadTooLarge
 from orchestrator.executions import Executions
 from orchestrator.modules import ModuleRegistry
 from orchestrator.monitor import HealthMonitor
+from orchestrator.reconciler import Reconciler
 from orchestrator.routes import CONTEXT, Context, reply, routes
 from orchestrator.store import Store
 from orchestrator.supervisor_client import SupervisorClient
@@ -96,6 +97,8 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
         return None
 
     executions = Executions(session, device_of)
+    reconciler = Reconciler(deployments, devices, client, interval_s=settings.reconcile_interval_s)
+    devices.on_change.append(reconciler.on_device_event)
     # Always there for manual registration; it browses only when mDNS is on.
     discovery = Discovery(
         devices,
@@ -125,8 +128,10 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
             await discovery.start()
         await monitor.start()
         await deployments.load()
+        reconciler.start()
         yield
     finally:
+        await reconciler.stop()
         await executions.stop()
         await deployments.stop()
         await monitor.stop()

@@ -28,6 +28,7 @@ class Settings:
     lost_after: int = 3
     back_after: int = 2
     execution_deadline_s: float = 60.0
+    reconcile_interval_s: float = 10.0
     max_body_bytes: int = 64 * 1024 * 1024
     shutdown_timeout_s: float = 10.0
     log_level: str = "INFO"

@@ -32,7 +32,7 @@ from orchestrator.devices import DeviceRegistry
 from orchestrator.errors import Conflict, NotFound, OrchestratorError, Unprocessable
 from orchestrator.lifecycle import Event, State, Transition
 from orchestrator.manifests import ManifestError, check_references, manifest_digest
-from orchestrator.model import Manifest
+from orchestrator.model import DeviceView, Manifest
 from orchestrator.modules import ModuleRegistry
 from orchestrator.placement import Infeasible, Placement, place
 from orchestrator.solution import build_nodes
@@ -57,6 +57,7 @@ class Revision(msgspec.Struct):
     failed_step: str | None = None
     timings: dict[str, float] = {}  # plan step id -> seconds
     settled: bool = False  # the whole plan (or its rollback) has run, cleanup included
+    cause: str | None = None  # why the orchestrator itself made this revision (failover)
 
 
 class Deployment(msgspec.Struct):
@@ -131,6 +132,58 @@ class Deployments:
                 for device in dep.revision(dep.active).nodes:
                     counts[device] = counts.get(device, 0) + 1
         return counts
+
+    def desired_for(self, device_id: str) -> tuple[dict[str, tuple[str, DeploymentNode]], set[str]]:
+        """What ``device_id`` should run (deployment id → (digest, node)), and the deployments
+        whose revision is being applied right now (their plan owns the device meanwhile)."""
+        desired: dict[str, tuple[str, DeploymentNode]] = {}
+        busy: set[str] = set()
+        for dep in self._deployments.values():
+            if not dep.latest.settled:
+                busy.add(dep.id)
+                continue
+            if dep.active is None:
+                continue
+            node = dep.revision(dep.active).nodes.get(device_id)
+            if node is not None:
+                desired[dep.id] = (_node_key(node), node)
+        return desired, busy
+
+    async def fail_over(self, device_id: str) -> list[str]:
+        """A device was lost: re-place every deployment with a step on it."""
+        moved = []
+        for dep in list(self._deployments.values()):
+            if dep.active is not None and device_id in dep.revision(dep.active).nodes:
+                await self._resubmit(dep, f"failover: device {device_id} lost")
+                moved.append(dep.id)
+        return moved
+
+    async def move_back(self, device_id: str) -> list[str]:
+        """A device is back: re-place deployments that pin a step to it but run elsewhere."""
+        device = self._devices.find(device_id)
+        if device is None:
+            return []
+        moved = []
+        for dep in list(self._deployments.values()):
+            if dep.active is None:
+                continue
+            rev = dep.revision(dep.active)
+            pinned = any(s.device in {device.id, device.name} for s in rev.manifest.sequence)
+            if pinned and device_id not in rev.nodes:
+                await self._resubmit(dep, f"move back: device {device.name} is healthy again")
+                moved.append(dep.id)
+        return moved
+
+    async def _resubmit(self, dep: Deployment, reason: str) -> None:
+        latest = dep.latest
+        revision = Revision(
+            number=len(dep.revisions) + 1, manifest=latest.manifest, digest=latest.digest
+        )
+        revision.cause = reason
+        dep.revisions.append(revision)
+        _LOGGER.info("deployment %s: revision %d (%s)", dep.name, revision.number, reason)
+        await self._persist(dep)
+        self._enqueue(dep, revision.number)
 
     async def wait_settled(self, key: str, revision: int, timeout_s: float) -> Deployment:
         """Wait until ``revision`` reaches a terminal or ACTIVE state (or the deadline)."""
@@ -226,7 +279,8 @@ class Deployments:
                 raise
             except Exception:  # a bug must fail this revision, not the worker
                 _LOGGER.exception("applying %s revision %d crashed", dep.name, number)
-                await self._fail(dep, rev, "internal error", "apply")
+                if rev.state in {State.PLANNING, State.DEPLOYING}:
+                    await self._fail(dep, rev, "internal error", "apply")
             rev.settled = True
             await self._persist(dep)
             async with self._changed:
@@ -268,7 +322,7 @@ class Deployments:
         modules = self._modules.for_manifest(rev.manifest)
         load = self.load_by_device(exclude=dep.id)
         views = [d.view(load.get(d.id, 0)) for d in self._devices.all()]
-        result = place(rev.manifest, modules, views)
+        result = place(_relax_lost_pins(rev.manifest, views), modules, views)
         if isinstance(result, Infeasible):
             raise Unprocessable(result.message, detail=msgspec.to_builtins(result))
         rev.placement = result
@@ -334,7 +388,17 @@ class Deployments:
             if step.kind == "switch":
                 await self._switch(dep, rev)
             elif step.kind == "remove" and step.device:
-                await self._remove_from(step.device, dep.id)
+                # After the switch the revision stands; a device that cannot be emptied now
+                # (e.g. it is down) is emptied by the reconciler when it answers again.
+                try:
+                    await self._remove_from(step.device, dep.id)
+                except OrchestratorError as err:
+                    _LOGGER.warning(
+                        "leaving %s on %s for the reconciler: %s",
+                        dep.name,
+                        step.device,
+                        err.message,
+                    )
             elif step.device:
                 device = self._devices.get(step.device)
                 if step.kind == "push":
@@ -395,6 +459,20 @@ class Deployments:
             await listener(dep)
 
 
+def _relax_lost_pins(manifest: Manifest, views: list[DeviceView]) -> Manifest:
+    """Steps pinned to a lost device may run elsewhere until it is back (then they move back)."""
+    lost = {v.id for v in views if v.status == "lost"} | {
+        v.name for v in views if v.status == "lost"
+    }
+    if not any(step.device in lost for step in manifest.sequence):
+        return manifest
+    steps = [
+        msgspec.structs.replace(s, device=None) if s.device in lost else s
+        for s in manifest.sequence
+    ]
+    return msgspec.structs.replace(manifest, sequence=steps)
+
+
 def _node_key(node: DeploymentNode) -> str:
     """A stable digest of a mini-manifest (what plan_apply compares between revisions)."""
     return hashlib.sha256(
@@ -417,7 +495,13 @@ def explain(dep: Deployment) -> Mapping[str, Any]:
         "timings": latest.timings,
         "jobs": dep.jobs,
         "revisions": [
-            {"number": r.number, "state": r.state, "digest": r.digest, "error": r.error}
+            {
+                "number": r.number,
+                "state": r.state,
+                "digest": r.digest,
+                "error": r.error,
+                "cause": r.cause,
+            }
             for r in dep.revisions
         ],
         "events": msgspec.to_builtins(dep.events),

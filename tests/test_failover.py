@@ -1,0 +1,125 @@
+"""Failover and reconciliation with real supervisor processes killed with SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from orchestrator.app import build_app
+from orchestrator.config import Settings
+from tests.conftest import free_port
+from tests.support import SupervisorProcess
+from tests.test_orchestrator_e2e import Orchestrator
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+INTERVAL, LOST_AFTER = 0.3, 2
+DETECTION_S = INTERVAL * LOST_AFTER + 2.0  # health checks time out after 2 s
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[list[SupervisorProcess]]:
+    sups = [SupervisorProcess(tmp_path / f"sup{i}", name=f"sup{i}") for i in range(3)]
+    try:
+        for sup in sups:
+            sup.start()
+        for sup in sups:
+            await sup.wait_healthy()
+        yield sups
+    finally:
+        for sup in sups:
+            sup.kill()
+
+
+@pytest.fixture
+async def orch(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Orchestrator]:
+    import aiohttp
+
+    port = free_port()
+    settings = Settings(
+        state_dir=tmp_path / "orchestrator",
+        port=port,
+        host="127.0.0.1",
+        mdns_enabled=False,
+        health_interval_s=INTERVAL,
+        lost_after=LOST_AFTER,
+        back_after=1,
+        reconcile_interval_s=0.5,
+    )
+    await aiohttp_server(build_app(settings), port=port)
+    async with aiohttp.ClientSession() as session:
+        yield Orchestrator(f"http://127.0.0.1:{port}", session, settings.state_dir)
+
+
+async def _until(predicate: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        result = await predicate()
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {within_s} s: {what}")
+
+
+async def test_lost_device_fails_over_and_wiped_device_is_redeployed(
+    fleet: list[SupervisorProcess], orch: Orchestrator
+) -> None:
+    for sup in fleet:
+        status, body = await orch.post("/devices", json={"host": "127.0.0.1", "port": sup.port})
+        assert status == 201, body
+    await orch.push_module("fibo")
+    manifest = {"name": "resilient", "sequence": [{"module": "fibo", "func": "fibo"}] * 2}
+    status, dep = await orch.deploy(manifest)
+    assert dep["state"] == "ACTIVE", dep
+    status, run = await orch.run(dep["id"], param0=5)
+    assert status == 200 and run["value"] == 34
+    _, devices = await orch.get("/devices")
+    name_of = {d["id"]: d["name"] for d in devices}
+    used = [name_of[s["device"]] for s in dep["placement"]["steps"]]
+    victim = next(s for s in fleet if s.name == used[1])
+
+    # kill -9 the device hosting step 2: within the detection window plus 5 s the step is
+    # re-placed on another device and runs work again.
+    victim.kill()
+    killed_at = time.monotonic()
+
+    async def moved() -> Any:
+        _, current = await orch.get(f"/deployments/{dep['id']}")
+        steps = current["placement"]["steps"] if current["placement"] else []
+        if (
+            current["state"] == "ACTIVE"
+            and steps
+            and victim.name not in {name_of[s["device"]] for s in steps}
+        ):
+            return current
+        return None
+
+    current = await _until(moved, DETECTION_S + 5, "the lost device's step re-placed")
+    assert time.monotonic() - killed_at <= DETECTION_S + 5
+    assert current["revisions"][-1]["cause"].startswith("failover")
+    status, run = await orch.run(dep["id"], param0=5)
+    assert status == 200 and run["value"] == 34, run
+
+    # Wipe a surviving device's state and restart it: the reconciler deploys to it again.
+    _, now = await orch.get(f"/deployments/{dep['id']}")
+    host_name = name_of[now["placement"]["steps"][0]["device"]]
+    host = next(s for s in fleet if s.name == host_name)
+    host.kill()
+    shutil.rmtree(host.state_dir)
+    host.start()
+    await host.wait_healthy()
+
+    async def redeployed() -> bool:
+        async with orch.session.get(host.url + "/deploy") as resp:
+            listed = (await resp.json())["deployments"]
+        return any(d["deploymentId"] == dep["id"] for d in listed)
+
+    await _until(redeployed, 15, "the wiped device redeployed by the reconciler")
+    status, run = await orch.run(dep["id"], param0=5)
+    assert status == 200 and run["value"] == 34, run
