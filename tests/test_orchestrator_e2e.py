@@ -224,3 +224,33 @@ async def test_bad_input_is_a_problem_body(orchestrator: Orchestrator) -> None:
     code, body = await orch.post("/modules", data=form)
     assert code == 422 and body["field"] == "wasm"
     json.dumps(body)
+
+
+MANIFEST_ARGS: dict[str, tuple[dict[str, Any], Callable[[Any], bool]]] = {
+    "fibo-chain": ({"param0": 5}, lambda v: v == 34),
+    "camera-size": (
+        {},
+        lambda v: (
+            v == fibo_wrapped(sorted((ROOT / "devices" / "images").glob("*.ppm"))[0].stat().st_size)
+        ),
+    ),
+    "sensor-comfort": ({}, lambda v: v in (0, 1)),
+}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "manifests").glob("*.*")), ids=lambda p: p.stem)
+async def test_every_shipped_manifest_deploys_and_runs(
+    path: Path, stack: Stack, orchestrator: Orchestrator
+) -> None:
+    orch = orchestrator
+    await _fleet(stack, orch)
+    for module in ("fibo", "camera", "sensors"):
+        await orch.push_module(module)
+    content_type = "application/toml" if path.suffix == ".toml" else "application/json"
+    status, dep = await orch.post(
+        "/deployments?wait=30", data=path.read_bytes(), headers={"Content-Type": content_type}
+    )
+    assert status == 201 and dep["state"] == "ACTIVE", dep
+    args, check = MANIFEST_ARGS[path.stem]
+    status, run = await orch.run(dep["id"], **args)
+    assert status == 200 and check(run["value"]), run
