@@ -114,7 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-
 async def _run(handler: Handler, args: argparse.Namespace, url: str, token: str | None) -> int:
     timeout = float(getattr(args, "timeout", 60.0))
     async with OrchestratorClient(url, token=token, timeout_s=timeout) as client:
@@ -127,7 +126,7 @@ def _error(message: str) -> None:
 
 def _describe(err: ApiError) -> str:
     message = err.message
-    if err.field:
+    if err.field and not message.startswith(f"{err.field}:"):
         message += f" (field: {err.field})"
     if isinstance(err.detail, str) and err.detail and err.detail not in message:
         message += f": {err.detail}"
@@ -350,8 +349,29 @@ async def cmd_devices(ctx: Ctx, args: argparse.Namespace) -> int:
     return 0
 
 
+async def device_id(ctx: Ctx, key: str) -> str:
+    """The full id of the device ``key`` names: its id, its name or a unique id prefix.
+
+    The API takes full ids; tables show names and short ids, so accept those too. A key that
+    matches nothing is passed on as is, for the orchestrator to refuse with its own message.
+    """
+    devices = await ctx.client.list_devices()
+    ids = [d.get("id", "") for d in devices]
+    if key in ids:
+        return key
+    for matches in (
+        [d.get("id", "") for d in devices if d.get("name") == key],
+        [i for i in ids if i.startswith(key)],
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise CliError(f"{key!r} matches {len(matches)} devices; give more of the id")
+    return key
+
+
 async def cmd_cordon(ctx: Ctx, args: argparse.Namespace) -> int:
-    device = await ctx.client.cordon(args.device)
+    device = await ctx.client.cordon(await device_id(ctx, args.device))
     if ctx.json:
         return _print_json(device)
     print(f"cordoned {_device_name(device)}: no new steps will be placed on it")
@@ -359,7 +379,7 @@ async def cmd_cordon(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 async def cmd_uncordon(ctx: Ctx, args: argparse.Namespace) -> int:
-    device = await ctx.client.uncordon(args.device)
+    device = await ctx.client.uncordon(await device_id(ctx, args.device))
     if ctx.json:
         return _print_json(device)
     print(f"uncordoned {_device_name(device)}: steps may be placed on it again")
@@ -423,8 +443,9 @@ def module_upload(
     A directory ``modules/fibo/`` means the binary ``fibo.wasm`` from the directory itself or
     from ``build/wasm/`` under the working directory, its ``functions.json``, and the data
     file of every deployment-stage mount that ``functions.json`` names, from the directory.
-    A ``.wasm`` file means that binary and, unless ``--functions`` is given, the
-    ``functions.json`` next to it if there is one. ``--file`` adds or overrides data files.
+    A ``.wasm`` file ``NAME.wasm`` means that binary and, unless ``--functions`` is given, the
+    ``functions.json`` next to it or else in ``modules/NAME/`` (with the data files beside
+    it). ``--file`` adds or overrides data files.
     """
     where = cwd or Path.cwd()
     path = Path(source)
@@ -440,7 +461,16 @@ def module_upload(
             )
         data_dir = path
     elif path.is_file():
-        wasm, stem, data_dir = path, path.stem, path.parent
+        wasm, stem = path, path.stem
+        # build/wasm/fibo.wasm is described by modules/fibo/functions.json.
+        data_dir = next(
+            (
+                d
+                for d in (path.parent, where / "modules" / stem)
+                if (d / "functions.json").is_file()
+            ),
+            path.parent,
+        )
     else:
         raise CliError(f"{source}: no such module directory or .wasm file")
     functions_path = Path(functions) if functions else data_dir / "functions.json"
@@ -521,6 +551,7 @@ async def cmd_deploy(ctx: Ctx, args: argparse.Namespace) -> int:
     body, ctype = read_manifest(args.manifest)
     if args.dry_run:
         return await _dry_run(ctx, body, ctype)
+    start = time.monotonic()
     submission = await ctx.client.deploy(body, ctype, if_match=args.if_match)
     dep = submission.deployment
     number = dep.get("revision", 0)
@@ -536,8 +567,7 @@ async def cmd_deploy(ctx: Ctx, args: argparse.Namespace) -> int:
         if ctx.json:
             _print_json(dep)
         return 0
-    start = time.monotonic()
-    dep = await _follow(ctx, dep, number, args.wait)
+    dep = await _follow(ctx, dep, number, args.wait, changed=submission.changed)
     if ctx.json:
         _print_json(dep)
     return _settled(ctx, dep, number, args.wait, time.monotonic() - start)
@@ -556,15 +586,19 @@ async def _dry_run(ctx: Ctx, body: bytes, ctype: str) -> int:
     return 0
 
 
-async def _follow(ctx: Ctx, dep: Deployment, number: int, wait_s: float) -> Deployment:
+async def _follow(
+    ctx: Ctx, dep: Deployment, number: int, wait_s: float, *, changed: bool = True
+) -> Deployment:
     """Poll until revision ``number`` settles or ``wait_s`` passes, printing each transition.
 
-    Events of other revisions already recorded when the manifest was posted are history and
-    not printed; those that happen while we follow (the old revision superseded or restored)
-    are.
+    Events recorded while we follow are printed, whatever their revision (the old revision
+    superseded or restored is part of the story).
     """
     key = dep.get("id") or dep.get("name", "")
-    seen = {i for i, e in enumerate(dep.get("events", [])) if e.get("revision") != number}
+    # Events already recorded are history, except those of a revision this post added.
+    seen = {
+        i for i, e in enumerate(dep.get("events", [])) if e.get("revision") != number or not changed
+    }
     deadline = time.monotonic() + wait_s
     while True:
         if not ctx.json:

@@ -447,7 +447,10 @@ class Deployments:
 
     def _update_jobs(self, dep: Deployment, rev: Revision) -> None:
         dep.jobs = {
-            device: {"scheduled": _node_key(node), "current": rev.node_digests.get(device)}
+            device: {
+                "scheduled": f"sha256:{_node_key(node)}",
+                "current": rev.node_digests.get(device),  # as the device reported it
+            }
             for device, node in rev.nodes.items()
         }
 

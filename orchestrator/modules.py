@@ -53,9 +53,12 @@ class ModuleRegistry:
                 raise Unprocessable(str(err), field=field) from err
         try:
             imports, exports = inspect_wasm(wasm)
-            specs = parse_functions(functions, exports)
         except InvalidModule as err:
             raise Unprocessable(str(err), field="wasm") from err
+        try:
+            specs = parse_functions(functions, exports)
+        except InvalidModule as err:
+            raise Unprocessable(str(err), field="functions") from err
         for spec in specs.values():
             for mount in spec.mounts_at("deployment"):
                 if mount.name not in data_files:

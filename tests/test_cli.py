@@ -107,14 +107,15 @@ INFEASIBLE = {
     ],
 }
 
-STATES = ["queued", "planning", "deploying", "active"]
+# The orchestrator spells states in capitals; the CLI must not care.
+STATES = ["QUEUED", "PLANNING", "DEPLOYING", "ACTIVE"]
 
 
-def deployment(state_index: int, *, final: str = "active") -> dict[str, Any]:
+def deployment(state_index: int, *, final: str = "ACTIVE") -> dict[str, Any]:
     """The deployment after its first revision has made ``state_index`` transitions."""
-    path = [*STATES[:-1], final] if final != "active" else STATES
-    if final == "rolled_back":
-        path = ["queued", "planning", "deploying", "failed", "rolled_back"]
+    path = STATES
+    if final == "ROLLED_BACK":
+        path = [*STATES[:-1], "FAILED", "ROLLED_BACK"]
     state = path[min(state_index, len(path) - 1)]
     events = [
         {
@@ -124,25 +125,28 @@ def deployment(state_index: int, *, final: str = "active") -> dict[str, Any]:
             "event": "start",
             "at": T0 + i * 0.25,
             "reason": "device kitchen refused the push: bad digest"
-            if path[i + 1] == "failed"
+            if path[i + 1] == "FAILED"
             else None,
-            "step": "push:kitchen" if path[i + 1] == "failed" else None,
+            "step": "push:kitchen" if path[i + 1] == "FAILED" else None,
         }
         for i in range(min(state_index, len(path) - 1))
     ]
-    failed = final != "active" and state == final
+    failed = final != "ACTIVE" and state == final
     return {
         "id": DEP_ID,
         "name": "snap",
         "revision": 1,
         "state": state,
-        "active": 1 if state == "active" else None,
+        "active": 1 if state == "ACTIVE" else None,
         "placement": PLACEMENT,
         "error": "device kitchen refused the push: bad digest" if failed else None,
         "failedStep": "push:kitchen" if failed else None,
         "timings": {},
         "jobs": {
-            DEV_A: {"scheduled": "d" * 64, "current": "d" * 64 if state == "active" else None}
+            DEV_A: {
+                "scheduled": "d" * 64,
+                "current": "sha256:" + "d" * 64 if state == "ACTIVE" else None,
+            }
         },
         "revisions": [{"number": 1, "state": state, "digest": "e" * 64, "error": None}],
         "events": events,
@@ -174,7 +178,8 @@ class FakeOrchestrator:
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     bodies: dict[str, Any] = field(default_factory=dict)
     polls: int = 0
-    final: str = "active"
+    final: str = "ACTIVE"
+    exists: bool = False  # whether the deployment was posted before (a re-post is a no-op)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -241,6 +246,9 @@ class FakeOrchestrator:
         self.bodies["deploy"] = (request.content_type, await request.read())
         if request.headers.get("If-Match") == "7":
             return problem(409, "revision 7 is stale; the current revision is 1", "conflict")
+        if self.exists:
+            return web.json_response(deployment(3), status=200)
+        self.exists = True
         return web.json_response(deployment(0, final=self.final), status=201)
 
     async def deployments(self, request: web.Request) -> web.Response:
@@ -368,8 +376,11 @@ async def test_json_output_is_the_api_json(
 async def test_cordon_and_unknown_device(
     fake: FakeOrchestrator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await baton(fake, "devices", "cordon", "kitchen") == 0
-    assert "cordoned kitchen" in capsys.readouterr().out
+    # By name or by the short id the table shows: the CLI sends the full id.
+    for key in ("kitchen", DEV_A[:12]):
+        assert await baton(fake, "devices", "cordon", key) == 0
+        assert "cordoned kitchen" in capsys.readouterr().out
+        assert fake.requests[-1][:2] == ("POST", f"/devices/{DEV_A}/cordon")
     assert await baton(fake, "devices", "cordon", "nope") == 1
     captured = capsys.readouterr()
     assert captured.err.strip() == "baton: error: no device 'nope' (field: device)"
@@ -442,6 +453,24 @@ async def test_modules_push_directory(
         == 0
     )
     assert fake.bodies["modules"]["prefix.txt"][1] == b"!"
+
+
+async def test_modules_push_wasm_finds_its_description(
+    fake: FakeOrchestrator,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "modules" / "fibo").mkdir(parents=True)
+    (tmp_path / "modules" / "fibo" / "functions.json").write_text('{"fibo": {"mounts": []}}')
+    (tmp_path / "build" / "wasm").mkdir(parents=True)
+    (tmp_path / "build" / "wasm" / "fibo.wasm").write_bytes(b"\0asm\1\0\0\0")
+    monkeypatch.chdir(tmp_path)
+    assert await baton(fake, "modules", "push", "build/wasm/fibo.wasm", "--name", "fib2") == 0
+    parts = fake.bodies["modules"]
+    assert parts["name"] == (None, b"fib2")
+    assert json.loads(parts["functions"][1]) == {"fibo": {"mounts": []}}
+    assert "pushed fib2@1" in capsys.readouterr().out
 
 
 async def test_modules_push_missing_binary(
@@ -537,10 +566,33 @@ async def test_deploy_follows_the_revision_to_active(
     assert polls and all(path.startswith(f"/deployments/{DEP_ID}?wait=") for path in polls)
 
 
+async def test_redeploying_the_same_manifest_is_a_no_op(
+    fake: FakeOrchestrator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    manifest = str(write_manifest(tmp_path))
+    assert await baton(fake, "deploy", manifest) == 0
+    capsys.readouterr()
+    assert await baton(fake, "deploy", manifest) == 0
+    out = capsys.readouterr().out
+    # History is not replayed: just what the post did and where the revision stands.
+    assert out.splitlines() == [
+        f"deployment snap ({DEP_ID[:12]}) revision 1: unchanged",
+        out.splitlines()[1],
+    ]
+    assert out.splitlines()[1].startswith("revision 1 is ACTIVE on kitchen")
+
+
+async def test_deploy_json_prints_the_final_deployment(
+    fake: FakeOrchestrator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert await baton(fake, "deploy", str(write_manifest(tmp_path)), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "ACTIVE"
+
+
 async def test_deploy_that_rolls_back_exits_nonzero(
     fake: FakeOrchestrator, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    fake.final = "rolled_back"
+    fake.final = "ROLLED_BACK"
     assert await baton(fake, "deploy", str(write_manifest(tmp_path))) == 1
     captured = capsys.readouterr()
     assert "DEPLOYING -> FAILED at step push:kitchen (device kitchen refused" in captured.out
