@@ -25,4 +25,4 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-pytest_plugins = ["tests.stack", "tests.mdns_browser"]
+pytest_plugins = ["tests.stack", "tests.mdns_browser", "tests.orchestration"]

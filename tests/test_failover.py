@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestServer
 from orchestrator.app import build_app
 from orchestrator.config import Settings
 from tests.conftest import free_port
+from tests.orchestration import Orchestrator
 from tests.support import SupervisorProcess
-from tests.test_orchestrator_e2e import Orchestrator
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 INTERVAL, LOST_AFTER = 0.3, 2

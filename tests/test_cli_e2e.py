@@ -1,0 +1,64 @@
+"""The ``baton`` CLI against a real orchestrator and real supervisors on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from orchestrator import cli
+from tests.conftest import ROOT
+from tests.orchestration import Orchestrator
+from tests.stack import Stack
+
+
+async def baton(
+    capsys: pytest.CaptureFixture[str], orch: Orchestrator, *args: str
+) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(cli.main, ["--url", orch.url, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_push_deploy_run_status_undeploy(
+    stack: Stack,
+    orchestrator: Orchestrator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    for _ in range(2):
+        dev = await stack.make_device()
+        code, out, err = await baton(
+            capsys,
+            orchestrator,
+            "devices",
+            "register",
+            "127.0.0.1",
+            "--port",
+            dev.url.rsplit(":", 1)[1],
+        )
+        assert code == 0, err
+    code, out, err = await baton(capsys, orchestrator, "modules", "push", "modules/fibo")
+    assert code == 0, err
+    code, out, err = await baton(
+        capsys, orchestrator, "deploy", "manifests/fibo-chain.json", "--dry-run"
+    )
+    assert code == 0 and "fibo.fibo" in out, (out, err)
+    code, out, err = await baton(capsys, orchestrator, "deploy", "manifests/fibo-chain.json")
+    assert code == 0 and "ACTIVE" in out, (out, err)
+    code, out, err = await baton(
+        capsys, orchestrator, "--json", "run", "fibo-chain", "--arg", "param0=5"
+    )
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["value"] == 34 and len(run["trace"]) == 2
+    code, out, err = await baton(capsys, orchestrator, "trace", run["id"])
+    assert code == 0 and run["trace"][0]["requestId"] in out
+    code, out, err = await baton(capsys, orchestrator, "status", "fibo-chain")
+    assert code == 0 and "ACTIVE" in out
+    code, out, err = await baton(capsys, orchestrator, "undeploy", "fibo-chain")
+    assert code == 0, err
+    code, out, err = await baton(capsys, orchestrator, "status", "fibo-chain")
+    assert code == 1 and err.startswith("baton: error:") and "Traceback" not in err
