@@ -240,7 +240,15 @@ class Deployments:
         dep = self.get(key)
         if dep.active is not None:
             rev = dep.revision(dep.active)
-            await asyncio.gather(*(self._remove_from(dev, dep.id) for dev in rev.nodes))
+            results = await asyncio.gather(
+                *(self._remove_from(dev, dep.id) for dev in rev.nodes), return_exceptions=True
+            )
+            for result in results:
+                # A device that is down now is emptied by the reconciler once it answers.
+                if isinstance(result, OrchestratorError):
+                    _LOGGER.warning("removing %s: %s", dep.name, result.message)
+                elif isinstance(result, BaseException):
+                    raise result
         queue = self._queues.pop(dep.id, None)
         if queue is not None and queue.task is not None:
             queue.task.cancel()
