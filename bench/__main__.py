@@ -1,7 +1,8 @@
 """``python -m bench``: run the bench, print the table and write it to ``build/bench.md``.
 
 Knobs: ``BENCH_SECONDS`` (throughput duration per server, default 5) and ``BENCH_PAIRS``
-(sequential latency samples per server, default 500).
+(sequential latency samples per server, default 500). The orchestrator's rows
+(``bench.orchestrator``) follow the supervisor's, with their own notes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 import psutil
 
+from bench.orchestrator import OrchestratorConfig, run_orchestrator_bench
 from bench.procs import ROOT
 from bench.report import render
 from bench.run import Config, describe, run_bench
@@ -32,8 +34,11 @@ def main() -> int:
     # Other work on the machine skews every figure; say how busy it was before we started.
     busy = psutil.cpu_percent(interval=0.5)
     rows = asyncio.run(run_bench(cfg))
+    orch_rows, orch_notes = asyncio.run(run_orchestrator_bench(OrchestratorConfig()))
     table = render(
-        rows, f"{describe(cfg)}\nCPU busy (all cores) in the 0.5 s before the run: {busy:.0f}%."
+        [*rows, *orch_rows],
+        f"{describe(cfg)}\n{orch_notes}\n"
+        f"CPU busy (all cores) in the 0.5 s before the run: {busy:.0f}%.",
     )
     print(table, end="")
     out = ROOT / "build" / "bench.md"

@@ -65,7 +65,7 @@ def machine() -> str:
 
 def render(rows: Sequence[Row], notes: str) -> str:
     lines = [
-        "| Metric | Baton supervisor | Baseline | Baseline is | Ratio | Target | Met |",
+        "| Metric | Baton | Baseline | Baseline is | Ratio | Target | Met |",
         "|---|---:|---:|---|---:|---|---|",
     ]
     for r in rows:

@@ -89,12 +89,19 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
         store, modules, devices, client, lambda digest: f"{settings.base_url}/blobs/{digest}"
     )
 
+    by_netloc: dict[str, tuple[str, int | None]] = {}
+
+    def index_devices(device: Device, kind: str) -> None:
+        # Executions look a device up per hop by its address; rebuilt only when devices change.
+        by_netloc.clear()
+        by_netloc.update({urlsplit(d.url).netloc: (d.name, d.api_version) for d in devices.all()})
+
     def device_of(url: str) -> tuple[str, int | None] | None:
-        netloc = urlsplit(url).netloc
-        for device in devices.all():
-            if urlsplit(device.url).netloc == netloc:
-                return device.name, device.api_version
-        return None
+        if not by_netloc and devices.all():
+            index_devices(devices.all()[0], "indexed")
+        return by_netloc.get(urlsplit(url).netloc)
+
+    devices.on_change.append(index_devices)
 
     executions = Executions(session, device_of)
     reconciler = Reconciler(deployments, devices, client, interval_s=settings.reconcile_interval_s)

@@ -174,7 +174,26 @@ class Deployments:
                 moved.append(dep.id)
         return moved
 
+    def _compact(self, dep: Deployment) -> None:
+        """Keep full detail (placement explanations, mini-manifests) only where it is used.
+
+        The latest revision keeps everything; the active one keeps its mini-manifests (a
+        rollback re-pushes them). Older revisions keep where their steps ran, not why: with
+        100 steps over 100 devices the explanations alone are megabytes per revision, and
+        the state file is rewritten on every transition.
+        """
+        for rev in dep.revisions[:-1]:
+            if not rev.settled:
+                continue  # a revision being applied still needs all of it
+            if rev.placement is not None and any(s.candidates for s in rev.placement.steps):
+                rev.placement = Placement(
+                    steps=[msgspec.structs.replace(s, candidates=[]) for s in rev.placement.steps]
+                )
+            if rev.number != dep.active:
+                rev.nodes = {}
+
     async def _resubmit(self, dep: Deployment, reason: str) -> None:
+        self._compact(dep)
         latest = dep.latest
         revision = Revision(
             number=len(dep.revisions) + 1, manifest=latest.manifest, digest=latest.digest
@@ -230,6 +249,7 @@ class Deployments:
                 )
             if dep.latest.digest == digest and dep.latest.state not in lifecycle.TERMINAL:
                 return dep, False
+        self._compact(dep)
         revision = Revision(number=len(dep.revisions) + 1, manifest=manifest, digest=digest)
         dep.revisions.append(revision)
         await self._persist(dep)

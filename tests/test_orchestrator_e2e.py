@@ -133,6 +133,12 @@ async def test_place_deploy_run_update_and_refuse(stack: Stack, orchestrator: Or
     assert status == 200 and run["value"] == fibo_wrapped(image)
     kinds = [(e["revision"], e["to"]) for e in rev3["events"]]
     assert (3, "FAILED") in kinds and (3, "ROLLED_BACK") in kinds and (2, "ACTIVE") in kinds
+    # Only the latest revision keeps its explanations and only the active one its documents.
+    state = json.loads((orch.state_dir / "state.json").read_text())
+    (stored,) = [d["deployment"] for d in state["deployments"].values()]
+    first, active, latest = stored["revisions"]
+    assert all(not s["candidates"] for s in first["placement"]["steps"]) and first["nodes"] == {}
+    assert active["nodes"] and all(s["candidates"] for s in latest["placement"]["steps"])
 
 
 def dep_devices(dep: dict[str, Any]) -> list[str]:
