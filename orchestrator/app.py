@@ -52,6 +52,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _problem(request, PayloadTooLarge("request body is too large"))
     except web.HTTPNotFound:
         return _problem(request, NotFound(f"no route for {request.path}"))
+    except web.HTTPMethodNotAllowed as err:
+        failure = OrchestratorError(f"method {request.method} not allowed on {request.path}")
+        failure.status, failure.type = err.status, "method-not-allowed"
+        return _problem(request, failure)
     except web.HTTPException:
         raise
     except Exception:

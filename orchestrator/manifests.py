@@ -84,8 +84,9 @@ def parse_manifest(body: bytes, content_type: str = _JSON) -> Manifest:
     except msgspec.ValidationError as err:  # a subclass of DecodeError: test it first
         field, message = _locate(str(err))
         raise ManifestError(field, message, 422) from err
-    except (msgspec.DecodeError, UnicodeDecodeError) as err:
-        # TOML is decoded as text first, so bad UTF-8 surfaces as UnicodeDecodeError.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
+        # TOML is decoded as text first, so bad UTF-8 surfaces as UnicodeDecodeError; the
+        # TOML parser recurses per nesting level, so a hostile document can exhaust the stack.
         raise ManifestError(
             "", f"body is not valid {kind.removeprefix('application/')}: {err}", 400
         ) from err

@@ -46,7 +46,11 @@ class ModuleRegistry:
         Re-uploading identical content is a no-op; different content under an existing
         ``name@version`` is refused (versions are immutable).
         """
-        for field, value in (("name", name), ("version", version)):
+        for field, value in (
+            ("name", name),
+            ("version", version),
+            *((f"files.{m}", m) for m in data_files),
+        ):
             try:
                 check_name(value, field)
             except ValueError as err:

@@ -116,7 +116,7 @@ def parse_functions(
     if isinstance(doc, bytes | bytearray | memoryview):
         try:
             doc = msgspec.json.decode(bytes(doc))
-        except msgspec.DecodeError as err:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
             raise InvalidModule(f"not valid JSON: {err}", field="functions") from err
     if not isinstance(doc, Mapping):
         raise InvalidModule("must be an object of functions", field="functions")

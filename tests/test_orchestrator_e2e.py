@@ -205,3 +205,16 @@ async def test_every_shipped_manifest_deploys_and_runs(
     args, check = MANIFEST_ARGS[path.stem]
     status, run = await orch.run(dep["id"], **args)
     assert status == 200 and check(run["value"]), run
+
+
+async def test_wrong_method_and_hostile_nesting_are_problem_bodies(
+    orchestrator: Orchestrator,
+) -> None:
+    async with orchestrator.session.put(orchestrator.url + "/deployments") as resp:
+        body = await resp.json()
+        assert resp.status == 405 and body["type"] == "method-not-allowed"
+    deep = b"a = " + b"[" * 5000 + b"]" * 5000
+    code, body = await orchestrator.post(
+        "/placements", data=deep, headers={"Content-Type": "application/toml"}
+    )
+    assert code == 400 and body["status"] == "error"
