@@ -336,7 +336,7 @@ class Deployments:
             await self._transition(dep, rev, Event.START)
         if rev.state == State.PLANNING:
             try:
-                self._plan(dep, rev)
+                await self._plan(dep, rev)
             except OrchestratorError as err:
                 await self._fail(dep, rev, err.message, "plan")
                 return
@@ -346,11 +346,14 @@ class Deployments:
         elif rev.state == State.FAILED:  # resumed after a crash between FAIL and rollback
             await self._rollback(dep, rev, pushed=set(rev.nodes))
 
-    def _plan(self, dep: Deployment, rev: Revision) -> None:
+    async def _plan(self, dep: Deployment, rev: Revision) -> None:
         modules = self._modules.for_manifest(rev.manifest)
         load = self.load_by_device(exclude=dep.id)
         views = [d.view(load.get(d.id, 0)) for d in self._devices.all()]
-        result = place(_relax_lost_pins(rev.manifest, views), modules, views)
+        # Pure and CPU-bound (~0.1 s for 10,000 devices): off the event loop.
+        result = await asyncio.to_thread(
+            place, _relax_lost_pins(rev.manifest, views), modules, views
+        )
         if isinstance(result, Infeasible):
             raise Unprocessable(result.message, detail=msgspec.to_builtins(result))
         rev.placement = result

@@ -9,6 +9,7 @@ UTF-8, nested too deeply, the wrong shape, unknown fields, unsafe names, too lar
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import ipaddress
@@ -458,7 +459,8 @@ async def dry_run(request: web.Request) -> web.Response:
     c = ctx(request)
     manifest = await read_manifest(request)
     load = c.deployments.load_by_device()
-    result = place(
+    result = await asyncio.to_thread(
+        place,
         manifest,
         c.modules.for_manifest(manifest),
         [d.view(load.get(d.id, 0)) for d in c.devices.all()],
