@@ -84,10 +84,7 @@ class Executions:
         deadline_s: float,
     ) -> Execution:
         """Begin an execution in the background; ``first`` is the first hop's endpoint."""
-        execution = Execution(
-            id=uuid.uuid4().hex[:16], deployment=deployment_id, startedAt=time.time()
-        )
-        self._remember(execution)
+        execution = self._new(deployment_id)
         task = asyncio.create_task(
             self._run(execution, first, args, files, deadline_s), name=f"execution {execution.id}"
         )
@@ -104,11 +101,16 @@ class Executions:
         *,
         deadline_s: float,
     ) -> Execution:
+        """Run an execution to its end (or deadline) and return it."""
+        execution = self._new(deployment_id)
+        await self._run(execution, first, args, files, deadline_s)
+        return execution
+
+    def _new(self, deployment_id: str) -> Execution:
         execution = Execution(
             id=uuid.uuid4().hex[:16], deployment=deployment_id, startedAt=time.time()
         )
         self._remember(execution)
-        await self._run(execution, first, args, files, deadline_s)
         return execution
 
     async def stop(self) -> None:
