@@ -56,6 +56,7 @@ devices on a laptop-class CPU; the orchestrator's budget is 100 ms.
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -139,7 +140,26 @@ def place(
     Candidates whose verdict does not change between steps are one shared object: treat the
     result as read-only.
     """
-    fleet = _Fleet(manifest, devices, weights, load or {})
+    # Explanations for 10 steps over 10,000 devices are ~100,000 small objects, none in a
+    # reference cycle; the cyclic collector would rescan the caller's whole heap many times
+    # over for nothing (a third of the time in the benchmark). Pause it, restore it after.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _place(manifest, modules, devices, weights, load or {})
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _place(
+    manifest: Manifest,
+    modules: Mapping[str, ModuleRecord],
+    devices: Sequence[DeviceView],
+    weights: Weights,
+    load: Mapping[str, int],
+) -> Placement | Infeasible:
+    fleet = _Fleet(manifest, devices, weights, load)
     runs: dict[tuple[str, str], dict[int, int]] = {}  # (module name, func) -> device -> step
     steps: list[StepPlacement] = []
     previous: int | None = None  # position of the device chosen for the previous step
