@@ -54,18 +54,32 @@ class Orchestrator:
         return await self.post(f"/deployments/{dep}/executions", json=args)
 
 
+OrchestratorFactory = Callable[..., Awaitable[Orchestrator]]
+
+
 @pytest.fixture
-async def orchestrator(
+async def make_orchestrator(
     aiohttp_server: ServerFactory, tmp_path: Path
-) -> AsyncIterator[Orchestrator]:
-    port = free_port()
-    settings = Settings(
-        state_dir=tmp_path / "orchestrator",
-        port=port,
-        host="127.0.0.1",
-        mdns_enabled=False,
-        health_interval_s=0.5,
-    )
-    await aiohttp_server(build_app(settings), port=port)
+) -> AsyncIterator[OrchestratorFactory]:
+    """Start orchestrator apps on 127.0.0.1 (mDNS off); keyword arguments override Settings."""
     async with aiohttp.ClientSession() as session:
-        yield Orchestrator(f"http://127.0.0.1:{port}", session, settings.state_dir)
+
+        async def make(**overrides: Any) -> Orchestrator:
+            port = free_port()
+            defaults: dict[str, Any] = {
+                "state_dir": tmp_path / "orchestrator",
+                "port": port,
+                "host": "127.0.0.1",
+                "mdns_enabled": False,
+                "health_interval_s": 0.5,
+            }
+            settings = Settings(**(defaults | overrides))
+            await aiohttp_server(build_app(settings), port=port)
+            return Orchestrator(f"http://127.0.0.1:{port}", session, settings.state_dir)
+
+        yield make
+
+
+@pytest.fixture
+async def orchestrator(make_orchestrator: OrchestratorFactory) -> Orchestrator:
+    return await make_orchestrator()

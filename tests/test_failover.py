@@ -12,10 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from orchestrator.app import build_app
-from orchestrator.config import Settings
-from tests.conftest import free_port
-from tests.orchestration import Orchestrator
+from tests.orchestration import Orchestrator, OrchestratorFactory
 from tests.support import SupervisorProcess
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -38,23 +35,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[list[SupervisorProcess]]:
 
 
 @pytest.fixture
-async def orch(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Orchestrator]:
-    import aiohttp
-
-    port = free_port()
-    settings = Settings(
-        state_dir=tmp_path / "orchestrator",
-        port=port,
-        host="127.0.0.1",
-        mdns_enabled=False,
-        health_interval_s=INTERVAL,
-        lost_after=LOST_AFTER,
-        back_after=1,
-        reconcile_interval_s=0.5,
+async def orch(make_orchestrator: OrchestratorFactory) -> Orchestrator:
+    return await make_orchestrator(
+        health_interval_s=INTERVAL, lost_after=LOST_AFTER, back_after=1, reconcile_interval_s=0.5
     )
-    await aiohttp_server(build_app(settings), port=port)
-    async with aiohttp.ClientSession() as session:
-        yield Orchestrator(f"http://127.0.0.1:{port}", session, settings.state_dir)
 
 
 async def _until(predicate: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:

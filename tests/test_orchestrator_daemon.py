@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ from orchestrator.config import Settings
 from orchestrator.lifecycle import TRANSITIONS, Event, State
 from supervisor.protocol import DESCRIPTION_PATH
 from tests.conftest import ROOT, WASM_DIR, free_port
-from tests.orchestration import Orchestrator
+from tests.orchestration import Orchestrator, OrchestratorFactory
 from tests.stack import Stack
 from tests.support import SupervisorProcess
 
@@ -731,21 +731,8 @@ CASES: list[Case] = [
 
 
 @pytest.fixture
-async def small_orchestrator(
-    aiohttp_server: ServerFactory, tmp_path: Path
-) -> AsyncIterator[Orchestrator]:
-    port = free_port()
-    settings = Settings(
-        state_dir=tmp_path / "orchestrator",
-        port=port,
-        host="127.0.0.1",
-        mdns_enabled=False,
-        health_interval_s=0.5,
-        max_body_bytes=MAX_BODY,
-    )
-    await aiohttp_server(build_app(settings), port=port)
-    async with aiohttp.ClientSession() as session:
-        yield Orchestrator(f"http://127.0.0.1:{port}", session, settings.state_dir)
+async def small_orchestrator(make_orchestrator: OrchestratorFactory) -> Orchestrator:
+    return await make_orchestrator(max_body_bytes=MAX_BODY)
 
 
 async def test_every_route_rejects_malformed_input_with_a_4xx_problem(
