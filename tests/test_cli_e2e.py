@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,10 @@ async def test_push_deploy_run_status_undeploy(
     orchestrator: Orchestrator,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.chdir(ROOT)
-    for _ in range(2):
+    for _ in range(3):
         dev = await stack.make_device()
         code, out, err = await baton(
             capsys,
@@ -58,6 +60,17 @@ async def test_push_deploy_run_status_undeploy(
     assert code == 0 and run["trace"][0]["requestId"] in out
     code, out, err = await baton(capsys, orchestrator, "status", "fibo-chain")
     assert code == 0 and "ACTIVE" in out
+    # A three-hop pipeline: the trace shows every hop with its device and request id.
+    three = tmp_path / "three.json"
+    three.write_text(
+        json.dumps({"name": "three", "sequence": [{"module": "fibo", "func": "fibo"}] * 3})
+    )
+    code, out, err = await baton(capsys, orchestrator, "deploy", str(three))
+    assert code == 0, err
+    code, out, err = await baton(capsys, orchestrator, "run", "three", "--arg", "param0=3")
+    assert code == 0, err
+    hops = [line for line in out.splitlines() if ":fibo:fibo:" in line]
+    assert len(hops) == 3 and "3" in out, out  # fibo(3)=3 at every hop
     code, out, err = await baton(capsys, orchestrator, "undeploy", "fibo-chain")
     assert code == 0, err
     code, out, err = await baton(capsys, orchestrator, "status", "fibo-chain")
