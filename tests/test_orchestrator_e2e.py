@@ -218,3 +218,29 @@ async def test_wrong_method_and_hostile_nesting_are_problem_bodies(
         "/placements", data=deep, headers={"Content-Type": "application/toml"}
     )
     assert code == 400 and body["status"] == "error"
+
+
+async def test_a_dead_hop_fails_the_execution_naming_it(
+    stack: Stack, orchestrator: Orchestrator
+) -> None:
+    orch = orchestrator
+    devices = [await stack.make_device() for _ in range(2)]
+    for device in devices:
+        status, body = await orch.post(
+            "/devices", json={"host": "127.0.0.1", "port": int(device.url.rsplit(":", 1)[1])}
+        )
+        assert status == 201, body
+    await orch.push_module("fibo")
+    status, dep = await orch.deploy(
+        {"name": "fragile", "sequence": [{"module": "fibo", "func": "fibo"}] * 2}
+    )
+    assert dep["state"] == "ACTIVE", dep
+    _, listed = await orch.get("/devices")
+    name_of = {d["id"]: d["name"] for d in listed}
+    second = name_of[dep["placement"]["steps"][1]["device"]]
+    dead = next(d for d in devices if d.settings.name == second)
+    dead_address = dead.url.removeprefix("http://")
+    await dead.server.close()  # gone before any health check notices
+    status, run = await orch.run(dep["id"], param0=5)
+    assert status == 502 and run["status"] == "failed"
+    assert dead_address in run["error"], run["error"]
