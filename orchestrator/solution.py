@@ -9,8 +9,9 @@ typed parameters).
 Wire choices, for compatibility with the reference supervisor:
 
 * a ``number`` parameter or result is written ``"float"`` in the OpenAPI schemas, the
-  reference's own spelling and the only one its ``SchemaType`` accepts; ``baton.params``
-  keeps the canonical ``number``;
+  reference orchestrator's own spelling; ``baton.params`` keeps the canonical ``number``.
+  Reference supervisors whose ``SchemaType`` lacks ``float`` refuse such functions (a
+  failed push, then a rollback): only integer results travel to every wasmiot version;
 * ``request_body`` lists the **execution** mounts only: they are what a caller (or the
   previous step) uploads, and the supervisor's chain logic renames a single output file to
   the next step's single file field. Deployment mounts travel in ``mounts`` and

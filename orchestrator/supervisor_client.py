@@ -52,9 +52,14 @@ class SupervisorClient:
             async with self._session.request(
                 method, url, data=data, headers=headers, timeout=self._timeout
             ) as resp:
-                payload = await resp.json(content_type=None) if resp.content_length != 0 else None
+                raw = await resp.read()
+                try:
+                    payload = msgspec.json.decode(raw) if raw else None
+                except msgspec.DecodeError:
+                    # It answered, just not in JSON (the reference's errors are HTML pages).
+                    payload = {"result": raw[:200].decode("utf-8", "replace")}
                 return resp.status, payload
-        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+        except (aiohttp.ClientError, TimeoutError) as err:
             raise DeviceError(
                 f"device {device.name} ({device.url}) did not answer {method} {path}: "
                 f"{type(err).__name__} {err}".rstrip()
