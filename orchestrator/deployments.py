@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,6 @@ class Deployments:
         self._deployments: dict[str, Deployment] = {}
         self._queues: dict[str, _Queue] = {}
         self._changed = asyncio.Condition()
-        self.on_change: list[Callable[[Deployment], Awaitable[None]]] = []
 
     # --- queries -------------------------------------------------------------------------
 
@@ -489,8 +488,6 @@ class Deployments:
         await self._store.put(
             "deployments", "id", {"id": dep.id, "deployment": msgspec.to_builtins(dep)}
         )
-        for listener in self.on_change:
-            await listener(dep)
 
 
 def _relax_lost_pins(manifest: Manifest, views: list[DeviceView]) -> Manifest:
