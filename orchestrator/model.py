@@ -38,12 +38,18 @@ class Constraints(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
 
 
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """What a user asks for: a named sequence of ``module.function`` steps."""
+    """What a user asks for: a named sequence of ``module.function`` steps.
+
+    ``spread`` asks placement to put each step on a different device when another feasible
+    one exists (spreading a pipeline's work over small devices), instead of the default
+    preference for keeping consecutive steps on one device.
+    """
 
     name: str
     sequence: list[Step]
     constraints: Constraints = Constraints()
     limits: dict[str, Limits] = {}  # "module.func" -> limits
+    spread: bool = False
 
 
 class Mount(msgspec.Struct, frozen=True):

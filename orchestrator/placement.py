@@ -32,7 +32,10 @@ device in two passes:
      half. An unmeasured RTT earns 0: a device we have never reached must not outrank one we
      know answers, and the orchestrator measures every device on its first health check;
    - ``colocation``: ``weights.colocation`` on the device chosen for the previous step (the
-     chain's hop then stays on the device instead of crossing the network), else 0;
+     chain's hop then stays on the device instead of crossing the network), else 0. A
+     manifest with ``spread`` turns this around: every device chosen for an earlier step of
+     the manifest gets ``-weights.colocation``, so each step goes to a fresh device while one
+     is feasible, and back to a used one (the least bad) only when none is;
    - ``spread``: ``-weights.spread * (device.deployments + load[device.id])``, steering new
      work away from busy devices; ``load`` lets a caller count placements not yet recorded.
 
@@ -163,17 +166,23 @@ def _place(
     runs: dict[tuple[str, str], dict[int, int]] = {}  # (module name, func) -> device -> step
     steps: list[StepPlacement] = []
     previous: int | None = None  # position of the device chosen for the previous step
+    used: dict[int, None] = {}  # positions chosen so far, in order (spread penalises them)
     for index, step in enumerate(manifest.sequence):
         record = modules.get(step.module)
         routed = step.module if record is None else record.name  # as the device routes it
         taken = runs.setdefault((routed, step.func), {})
-        feasible, rejected, common = fleet.judge(step, record, taken, previous)
+        if manifest.spread:
+            nudged, nudge = list(used), -weights.colocation
+        else:
+            nudged, nudge = ([] if previous is None else [previous]), weights.colocation
+        feasible, rejected, common = fleet.judge(step, record, taken, nudged, nudge)
         if not feasible:
             message = _explain(index, step.module, step.func, common, len(fleet.ordered))
             return Infeasible(index, step.module, step.func, rejected, message)
         chosen = feasible[0].device
         steps.append(StepPlacement(index, step.module, step.func, chosen, feasible + rejected))
         previous = fleet.position[chosen]
+        used[previous] = None
         taken[previous] = index
     return Placement(steps)
 
@@ -235,9 +244,13 @@ class _Fleet:
         step: Step,
         record: ModuleRecord | None,
         taken: Mapping[int, int],
-        previous: int | None,
+        nudged: Sequence[int],
+        nudge: float,
     ) -> tuple[list[Candidate], list[Candidate], list[str]]:
-        """Feasible candidates best first, rejected ones by id, and reasons shared by all."""
+        """Feasible candidates best first, rejected ones by id, and reasons shared by all.
+
+        The devices at positions ``nudged`` get ``nudge`` as their co-location part.
+        """
         common: list[str] = []
         lacking: dict[int, str] = {}
         if record is None:
@@ -272,13 +285,16 @@ class _Fleet:
                 candidates[i] = self._rejected(i, tuple(reasons))
                 ok[i] = False
 
-        feasible = [candidates[i] for i in self.by_score if ok[i] and i != previous]
-        if previous is not None and ok[previous]:
-            # Co-location raises one device's score: put it in its place in the order.
-            device = self.ordered[previous]
-            parts = {**self.base[previous][0], "colocation": self.weights.colocation}
-            together = Candidate(device.id, device.name, True, [], _total(parts), parts)
-            feasible.insert(bisect.bisect_left(feasible, _rank(together), key=_rank), together)
+        moved = set(nudged)
+        feasible = [candidates[i] for i in self.by_score if ok[i] and i not in moved]
+        for i in nudged:
+            if not ok[i]:
+                continue
+            # Co-location moves a few devices' scores: put each in its place in the order.
+            device = self.ordered[i]
+            parts = {**self.base[i][0], "colocation": nudge}
+            nudged_one = Candidate(device.id, device.name, True, [], _total(parts), parts)
+            feasible.insert(bisect.bisect_left(feasible, _rank(nudged_one), key=_rank), nudged_one)
         rejected = [candidates[i] for i in everyone if not ok[i]]
         return feasible, rejected, common
 

@@ -108,6 +108,7 @@ manifests_st = st.builds(
             zones=st.lists(st.sampled_from(["z1", "z2"]), unique=True, max_size=2),
         ),
     ),
+    spread=st.booleans(),
 )
 weights_st = st.just(Weights()) | st.builds(
     Weights, *[st.sampled_from([0.0, 0.5, 1.0, 2.0])] * 4, st.sampled_from([0.0, 0.25])
@@ -265,22 +266,44 @@ def test_every_step_explains_every_device_and_picks_the_first_feasible(
             if not c.feasible:
                 assert (c.score, c.parts) == (0.0, {})
             else:
-                colocated = index > 0 and chosen[index - 1] == c.device
-                assert c.parts == expected_parts(device, weights, load or {}, colocated)
+                if manifest.spread:
+                    colocation = -weights.colocation if c.device in chosen[:index] else 0.0
+                else:
+                    colocated = index > 0 and chosen[index - 1] == c.device
+                    colocation = weights.colocation if colocated else 0.0
+                assert c.parts == expected_parts(device, weights, load or {}, colocation)
                 assert math.isclose(c.score, sum(c.parts.values()), abs_tol=1e-9)
 
 
 def expected_parts(
-    device: DeviceView, w: Weights, load: dict[str, int], colocated: bool
+    device: DeviceView, w: Weights, load: dict[str, int], colocation: float
 ) -> dict[str, float]:
     rtt = 0.0 if device.rtt_ms is None else w.rtt / (1 + device.rtt_ms / 10)
     return {
         "cpu": w.cpu * (1 - device.cpu),
         "memory": w.memory * (1 - device.memory),
         "rtt": rtt,
-        "colocation": w.colocation if colocated else 0.0,
+        "colocation": colocation,
         "spread": 0.0 - w.spread * (device.deployments + load.get(device.id, 0)),
     }
+
+
+@settings(max_examples=150)
+@given(manifests_st, modules_st, devices_st, load_st)
+def test_spread_reuses_a_device_only_when_no_fresh_one_qualifies(
+    manifest: Manifest, modules: Modules, devices: list[DeviceView], load: dict[str, int] | None
+) -> None:
+    # A co-location weight larger than every other part together makes "fresh first" strict.
+    weights = Weights(colocation=100.0)
+    result = place(msgspec.structs.replace(manifest, spread=True), modules, devices, weights)
+    if not isinstance(result, Placement):
+        return
+    chosen = result.devices()
+    for index, where in enumerate(chosen):
+        if where not in chosen[:index]:
+            continue
+        fresh = [d for d in devices if d.id not in chosen[:index]]
+        assert all(violations(manifest, modules, index, d, chosen[:index]) for d in fresh)
 
 
 @given(manifests_st, modules_st, devices_st, load_st)
@@ -349,6 +372,34 @@ def test_middle_step_goes_to_the_only_device_with_its_host_function() -> None:
     }
     # The last step stays on b: co-location (2.0) outweighs c's spare CPU (0.9).
     assert result.devices() == ["c", "b", "b"]
+
+
+def test_spread_sends_each_step_to_a_fresh_device() -> None:
+    camera = (("camera", "takeImageDynamicSize"), WASI)
+    modules = {"cam": module("cam", "take", imports=camera), "img": module("img", "gray", "sum")}
+    devices = [
+        device("cam-node", interfaces=BASIC | {"takeImageDynamicSize"}),
+        device("compute", cpu=0.2),
+        device("sensor", cpu=0.5),
+    ]
+    steps = (("cam", "take"), ("img", "gray"), ("img", "sum"))
+    packed = place(pipeline(*steps), modules, devices)
+    assert isinstance(packed, Placement)
+    assert packed.devices() == ["cam-node", "cam-node", "cam-node"]  # co-location wins
+    spread = place(msgspec.structs.replace(pipeline(*steps), spread=True), modules, devices)
+    assert isinstance(spread, Placement)
+    assert spread.devices() == ["cam-node", "compute", "sensor"]
+    last = {c.device: c for c in spread.steps[2].candidates}
+    assert last["cam-node"].parts["colocation"] == -2.0
+    assert last["compute"].parts["colocation"] == -2.0
+    assert last["sensor"].parts["colocation"] == 0.0
+    # With more steps than devices, spread falls back to the least bad used device.
+    more = (*steps, ("img", "other"))
+    modules["img"] = module("img", "gray", "sum", "other")
+    four = place(msgspec.structs.replace(pipeline(*more), spread=True), modules, devices)
+    assert isinstance(four, Placement)
+    assert four.devices()[:3] == ["cam-node", "compute", "sensor"]
+    assert four.devices()[3] == "cam-node"  # idlest CPU among the used
 
 
 def test_colocation_breaks_an_otherwise_equal_score() -> None:
