@@ -13,7 +13,8 @@ wasmtime-py passes that exception back through one process-wide slot (``LAST_EXC
 which concurrent calls can overwrite, the guard in :meth:`HostDrivers.define` also records it
 per thread and the runtime reads it back with :func:`take_host_fault`.
 
-Only simulated devices ship; real hardware plugs in through :data:`DRIVER_KINDS`.
+Every driver has a ``simulated`` kind, so any profile runs on any machine; the real-hardware
+kinds (:mod:`supervisor.hardware`) plug in through :data:`DRIVER_KINDS`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 import wasmtime
 
+from supervisor import hardware
 from supervisor.errors import Unprocessable
 
 WASI_MODULE = "wasi_snapshot_preview1"
@@ -376,10 +378,41 @@ def _simulated_dht(options: Mapping[str, object], base_dir: Path) -> Driver:
     return DhtDriver(sensor.temperature, sensor.humidity)
 
 
-#: Driver name -> kind -> factory. Hardware drivers register a new kind here.
+def _command_camera(options: Mapping[str, object], base_dir: Path) -> Driver:
+    _options("camera", options, {"command", "timeout"})
+    command = options.get("command")
+    if not (
+        isinstance(command, list) and command and all(isinstance(a, str) and a for a in command)
+    ):
+        raise ValueError(
+            "driver 'camera' (command) needs 'command': the capture program and its arguments "
+            'as a list of strings, e.g. ["rpicam-still", "-n", "-e", "png", "-o", "-"]'
+        )
+    timeout = options.get("timeout", hardware.CAPTURE_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ValueError("driver 'camera' (command): 'timeout' must be a positive number of s")
+    return CameraDriver(hardware.CommandCamera(command, timeout_s=float(timeout)).capture)
+
+
+def _iio_dht(options: Mapping[str, object], base_dir: Path) -> Driver:
+    _options("dht", options, {"device"})
+    device = options.get("device")
+    if not isinstance(device, str) or not device:
+        raise ValueError(
+            "driver 'dht' (iio) needs 'device': the sensor's IIO folder, "
+            'e.g. "/sys/bus/iio/devices/iio:device0"'
+        )
+    folder = base_dir / device
+    if not folder.is_dir():
+        raise ValueError(f"driver 'dht' (iio): {folder} is not a folder (is the overlay on?)")
+    sensor = hardware.IioDht(folder)
+    return DhtDriver(sensor.temperature, sensor.humidity)
+
+
+#: Driver name -> kind -> factory. A new kind of hardware registers here.
 DRIVER_KINDS: dict[str, dict[str, DriverFactory]] = {
-    "camera": {"simulated": _simulated_camera},
-    "dht": {"simulated": _simulated_dht},
+    "camera": {"simulated": _simulated_camera, "command": _command_camera},
+    "dht": {"simulated": _simulated_dht, "iio": _iio_dht},
 }
 
 
