@@ -19,6 +19,13 @@ Commands::
     baton run ID [--arg k=v ...] [--file mount=path ...] [--async]
     baton trace EXEC_ID
     baton undeploy ID
+    baton simulate [--profile FILE ...] [--count N] [--base-port P] [--state-root DIR]
+                   [--orchestrator URL] [--mdns] [--name-prefix P] [--ready-file PATH]
+
+``baton simulate`` is the one command that does not only talk to the orchestrator: it runs
+a fleet of real supervisor processes on this machine (see :mod:`orchestrator.simulate`)
+until SIGINT or SIGTERM, and exits 0 after stopping them, 1 if one died or the fleet did not
+come up, 2 for unusable options.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any, cast
 
 import msgspec
 
+from orchestrator import simulate
 from orchestrator.client import (
     JSON,
     TOML,
@@ -135,9 +143,9 @@ def _describe(err: ApiError) -> str:
     return message
 
 
-def _url(flag: str | None) -> str:
+def _url(flag: str | None, name: str = "--url") -> str:
     url = flag or os.environ.get("BATON_URL") or DEFAULT_URL
-    source = "--url" if flag else "BATON_URL" if os.environ.get("BATON_URL") else "default"
+    source = name if flag else "BATON_URL" if os.environ.get("BATON_URL") else "default"
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
         raise UsageError(f"{source} {url!r} is not an http:// or https:// URL")
@@ -292,7 +300,71 @@ def build_parser() -> argparse.ArgumentParser:
     command("undeploy", cmd_undeploy, "remove a deployment from every device").add_argument(
         "deployment", metavar="ID", help="deployment id or name"
     )
+
+    _simulate_arguments(
+        command(
+            "simulate",
+            cmd_simulate,
+            "run a fleet of simulated supervisors on this machine until Ctrl-C or SIGTERM",
+        )
+    )
     return parser
+
+
+def _simulate_arguments(sim: argparse.ArgumentParser) -> None:
+    sim.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="device profile, e.g. devices/compute-node.toml (repeatable: used round-robin)",
+    )
+    sim.add_argument("--count", type=int, default=3, metavar="N", help="devices (default 3)")
+    sim.add_argument(
+        "--base-port",
+        type=int,
+        metavar="P",
+        help="use ports P..P+N-1 (default: free ports chosen by the system)",
+    )
+    sim.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address every device listens on (default 127.0.0.1)",
+    )
+    sim.add_argument(
+        "--state-root",
+        metavar="DIR",
+        help="keep each device's state dir and log under DIR, so devices keep their ids "
+        "across runs (default: a temporary directory, removed on exit)",
+    )
+    sim.add_argument(
+        "--orchestrator",
+        metavar="URL",
+        help="orchestrator the devices register with (default: the --url of this command)",
+    )
+    sim.add_argument(
+        "--mdns",
+        action="store_true",
+        help="advertise over mDNS on --host instead of registering directly",
+    )
+    sim.add_argument(
+        "--name-prefix",
+        metavar="P",
+        help="name devices P-01, P-02, ... (default: the profile's name, or 'sim')",
+    )
+    sim.add_argument(
+        "--wait",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for every device to be up and listed (default 60)",
+    )
+    sim.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="write the fleet as JSON to PATH once ready (removed on exit)",
+    )
 
 
 def _pair(flag: str, shape: str) -> Callable[[str], tuple[str, str]]:
@@ -946,6 +1018,77 @@ def format_execution(execution: Execution, base_url: str = "") -> str:
         ]
         lines += ["", table(["HOP", "DEVICE", "REQUEST ID", "MS", "RESULT"], rows, right={0, 3})]
     return "\n".join(lines)
+
+
+# --- simulate ------------------------------------------------------------------------------------
+
+
+async def cmd_simulate(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Run the fleet in the foreground; 0 after a stop signal (see the module docstring)."""
+    spec = simulate.Spec(
+        count=args.count,
+        profiles=tuple(Path(p) for p in args.profile),
+        host=args.host,
+        base_port=args.base_port,
+        state_root=Path(args.state_root) if args.state_root else None,
+        orchestrator_url=_url(args.orchestrator, "--orchestrator")
+        if args.orchestrator
+        else ctx.url,
+        token=ctx.client.token,
+        mdns=args.mdns,
+        name_prefix=args.name_prefix,
+        wait_s=args.wait,
+        ready_file=Path(args.ready_file) if args.ready_file else None,
+    )
+
+    def ready(fleet: simulate.Ready) -> None:
+        # Flushed: a script reading a pipe learns at once that the fleet is up.
+        if ctx.json:
+            print(json.dumps(fleet.to_json(), indent=2), flush=True)
+            return
+        print(format_fleet(fleet), flush=True)
+
+    try:
+        await simulate.run(spec, on_ready=ready, progress=_note)
+    except simulate.SpecError as err:
+        raise UsageError(str(err)) from None
+    except simulate.SimulationError as err:
+        raise CliError(str(err)) from None
+    return 0
+
+
+def format_fleet(fleet: simulate.Ready) -> str:
+    """The fleet's table and the ready line that ends it."""
+    rows = [
+        [
+            d.name,
+            _short(d.id),
+            d.url,
+            str(d.pid),
+            d.profile.name if d.profile else "-",
+        ]
+        for d in fleet.devices
+    ]
+    via = {
+        "direct": "registered themselves with",
+        "api": "registered through the API of",
+        "mdns": "advertised over mDNS to",
+    }[fleet.registration]
+    if fleet.listed:
+        where = f"{via} {fleet.orchestrator_url} and listed healthy"
+    else:
+        where = f"not (yet) listed by {fleet.orchestrator_url or 'any orchestrator'}"
+    kept = "removed on exit" if fleet.temporary else "kept"
+    return (
+        table(["NAME", "ID", "URL", "PID", "PROFILE"], rows, right={3})
+        + f"\nready: {len(fleet.devices)} devices up in {fleet.seconds:.1f} s, {where}; "
+        f"state and logs in {fleet.state_root} ({kept}); Ctrl-C or SIGTERM stops them"
+    )
+
+
+def _note(message: str) -> None:
+    """Progress on stderr, so that stdout holds only the table or the JSON."""
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 # --- output helpers ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -74,6 +75,24 @@ async def _device_id(store: StateStore) -> str:
     device_id = uuid.uuid4().hex
     await store.update_device({"id": device_id})
     return device_id
+
+
+def _advertised_addresses(settings: Settings) -> list[str]:
+    """The addresses the orchestrator is told to reach this device at.
+
+    A supervisor bound to one address (``--host 127.0.0.1``, as simulated fleets and tests
+    run) is reachable only there; advertising the machine's other addresses would make the
+    orchestrator's description fetch fail and every registration be refused. A wildcard bind
+    advertises the mDNS interfaces if configured, else every non-loopback IPv4 address.
+    """
+    host = settings.host.strip("[]")
+    try:
+        wildcard = not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name: the operator chose what peers should use
+        wildcard = False
+    if not wildcard:
+        return [host]
+    return list(settings.mdns_interfaces or local_ipv4_addresses())
 
 
 def _registration_body(
@@ -201,12 +220,13 @@ async def _register(app: web.Application, settings: Settings) -> AsyncIterator[N
         yield
         return
     svc = app[SERVICES]
-    addresses = list(settings.mdns_interfaces or local_ipv4_addresses())
+    addresses = _advertised_addresses(settings)
     registrar = Registrar(
         svc.session,
         orchestrator_url=settings.orchestrator_url,
         body=_registration_body(settings, svc.device_id, addresses),
         renewal_s=settings.renewal_s,
+        token=settings.token,
     )
     svc.registrar = registrar
     await registrar.start()

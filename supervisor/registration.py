@@ -66,8 +66,12 @@ class Registrar:
         retry_s: float = 5.0,
         max_retry_s: float = 60.0,
         timeout_s: float = 5.0,
+        token: str | None = None,
     ) -> None:
         self._session = session
+        # A fleet shares one bearer token: the orchestrator sends it to us on /deploy and
+        # asks for it on its own mutating routes, registration included.
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._url = orchestrator_url
         self._body = body
         self._renewal_s = renewal_s
@@ -169,7 +173,9 @@ class Registrar:
         """One POST; returns None on a 2xx answer, else a short, credential-free reason."""
         target = url.rstrip("/") + REGISTER_PATH
         try:
-            async with self._session.post(target, json=self._body, timeout=self._timeout) as resp:
+            async with self._session.post(
+                target, json=self._body, headers=self._headers, timeout=self._timeout
+            ) as resp:
                 if 200 <= resp.status < 300:
                     return None
                 return f"HTTP {resp.status} {resp.reason or ''}".rstrip()

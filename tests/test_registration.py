@@ -107,6 +107,18 @@ async def test_registers_with_the_reference_body(
     assert all(t.done() for t in tasks)
 
 
+async def test_sends_the_fleet_token_when_it_has_one(
+    session: aiohttp.ClientSession, orchestrator: StartServer, registrars: list[Registrar]
+) -> None:
+    orc = Orchestrator()
+    url = await orchestrator(orc)
+    await make(registrars, session, url, token="fleet-s3cret").start()
+    await make(registrars, session, url).start()
+    for _ in range(2):
+        await asyncio.wait_for(orc.bodies.get(), 5)
+    assert sorted(orc.auth, key=str) == ["Bearer fleet-s3cret", None]
+
+
 async def test_retries_with_backoff_then_logs_recovery_once(
     session: aiohttp.ClientSession,
     orchestrator: StartServer,
