@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 all: test
 
-# Debian's clang/lld/wasi-libc build the C example modules (see modules/README.md).
+# Debian's clang/lld/wasi-libc build the C example modules (see modules/README.md);
+# systemd-analyze (package systemd) checks the unit files in tests/test_systemd_units.py.
 toolchain:
 	@missing=0; for f in $(WASM_TOOLS); do [ -e $$f ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
@@ -18,6 +19,12 @@ toolchain:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null; \
+	fi
+	@if [ ! -x /usr/bin/systemd-analyze ]; then \
+	  echo "installing systemd-analyze (package systemd)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    systemd >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -1,4 +1,8 @@
-"""Orchestrator settings from flags and ``BATON_*`` environment (flag > environment > default)."""
+"""Orchestrator settings from flags and ``BATON_*`` environment (flag > environment > default).
+
+Under systemd the state directory defaults to ``$STATE_DIRECTORY`` (``StateDirectory=``) when
+neither ``--state-dir`` nor ``BATON_ORCHESTRATOR_STATE_DIR`` is given.
+"""
 
 from __future__ import annotations
 
@@ -48,8 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", help="state file and module blobs (env BATON_ORCHESTRATOR_STATE_DIR)"
     )
-    p.add_argument("--public-url", help="URL devices use to reach this orchestrator")
-    p.add_argument("--token-file", help="file holding the bearer token for mutating routes")
+    p.add_argument(
+        "--public-url",
+        help="URL devices use to reach this orchestrator (env BATON_ORCHESTRATOR_PUBLIC_URL)",
+    )
+    p.add_argument(
+        "--token-file",
+        help="file holding the bearer token for mutating routes (env BATON_TOKEN_FILE, "
+        "or the token itself in BATON_TOKEN)",
+    )
     p.add_argument(
         "--mdns-interfaces",
         help="comma-separated addresses to browse on, 'all' (default) or 'none' "
@@ -58,20 +69,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval", type=float, help="seconds between device health checks (5)")
     p.add_argument("--lost-after", type=int, help="failed checks before a device is lost (3)")
     p.add_argument("--back-after", type=int, help="good checks before a lost device is back (2)")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        help="seconds in-flight requests get to finish on SIGTERM (default 10; "
+        "env BATON_SHUTDOWN_TIMEOUT)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     return p
 
 
 def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     args = _parser().parse_args(argv)
-    port = (
-        args.port
-        if args.port is not None
-        else int(env.get("BATON_ORCHESTRATOR_PORT") or DEFAULT_PORT)
-    )
+    port_text = env.get("BATON_ORCHESTRATOR_PORT") or str(DEFAULT_PORT)
+    try:
+        port = args.port if args.port is not None else int(port_text)
+    except ValueError as err:
+        raise ConfigError(f"port must be a number, got {port_text!r}") from err
     if not 0 < port < 65536:
         raise ConfigError(f"port {port} is out of range")
-    token = None
+    # BATON_TOKEN suits a root-only systemd EnvironmentFile= (a DynamicUser= daemon cannot read
+    # a root-only token file).
+    token = env.get("BATON_TOKEN") or None
     token_file = args.token_file or env.get("BATON_TOKEN_FILE")
     if token_file:
         try:
@@ -87,20 +106,31 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         if interfaces_text.lower() in {"all", "none"}
         else tuple(i.strip() for i in interfaces_text.split(",") if i.strip())
     )
-    state = args.state_dir or env.get("BATON_ORCHESTRATOR_STATE_DIR") or env.get("STATE_DIRECTORY")
+    state = args.state_dir or env.get("BATON_ORCHESTRATOR_STATE_DIR")
+    if not state and env.get("STATE_DIRECTORY"):
+        # systemd passes one path per StateDirectory= entry, colon-separated; ours is the first.
+        state = env["STATE_DIRECTORY"].split(":")[0]
+    shutdown_text = env.get("BATON_SHUTDOWN_TIMEOUT") or "10"
+    try:
+        shutdown_timeout = (
+            args.shutdown_timeout if args.shutdown_timeout is not None else float(shutdown_text)
+        )
+    except ValueError as err:
+        raise ConfigError(f"shutdown timeout must be seconds, got {shutdown_text!r}") from err
+    if shutdown_timeout < 0:
+        raise ConfigError("the shutdown timeout cannot be negative")
     return Settings(
-        state_dir=Path(state.split(":")[0])
-        if state
-        else Path.home() / ".local/state/baton-orchestrator",
+        state_dir=Path(state) if state else Path.home() / ".local/state/baton-orchestrator",
         port=port,
         host=args.host or env.get("BATON_ORCHESTRATOR_HOST") or "0.0.0.0",  # noqa: S104
-        public_url=args.public_url,
+        public_url=args.public_url or env.get("BATON_ORCHESTRATOR_PUBLIC_URL"),
         token=token,
         mdns_enabled=mdns_enabled,
         mdns_interfaces=interfaces,
         health_interval_s=args.health_interval or 5.0,
         lost_after=args.lost_after or 3,
         back_after=args.back_after or 2,
+        shutdown_timeout_s=shutdown_timeout,
         log_level=(args.log_level or env.get("BATON_LOG_LEVEL") or "INFO").upper(),
     )
 

@@ -1,15 +1,18 @@
-"""``baton-orchestrator``: parse settings, set up logging, serve until SIGTERM/SIGINT."""
+"""``baton-orchestrator``: parse settings, set up logging, serve until SIGTERM/SIGINT.
+
+Exit status: 0 after a graceful stop, 2 for unusable settings (the message on stderr).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from orchestrator.app import build_app
 from orchestrator.config import ConfigError, settings_from_environment
+from orchestrator.service import serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,12 +26,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    web.run_app(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
+    # SIGTERM starts a graceful shutdown bounded by shutdown_timeout. Under systemd, serve()
+    # also reports readiness, pings the watchdog and announces the stop.
+    asyncio.run(
+        serve(
+            build_app(settings),
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            status=f"serving on {settings.host}:{settings.port}",
+        )
     )
     return 0

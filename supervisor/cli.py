@@ -1,16 +1,19 @@
-"""``baton-supervisor``: parse settings, set up logging, serve until SIGTERM/SIGINT."""
+"""``baton-supervisor``: parse settings, set up logging, serve until SIGTERM/SIGINT.
+
+Exit status: 0 after a graceful stop, 2 for unusable settings (the message on stderr).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from supervisor.app import build_app
 from supervisor.config import ConfigError, settings_from_environment
 from supervisor.drivers import build_drivers
+from supervisor.service import serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,16 +29,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # aiohttp turns SIGTERM into a graceful shutdown bounded by shutdown_timeout; the
-    # supervisor's own cleanup (in-flight calls, mDNS goodbye, state close) runs inside it.
-    web.run_app(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
-        handle_signals=True,
+    # SIGTERM starts a graceful shutdown bounded by shutdown_timeout; the supervisor's own
+    # cleanup (in-flight calls, mDNS goodbye, state close) runs inside it. Under systemd,
+    # serve() also reports readiness, pings the watchdog and announces the stop.
+    asyncio.run(
+        serve(
+            build_app(settings),
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            status=f"serving {settings.name} on {settings.host}:{settings.port}",
+        )
     )
     return 0
 
