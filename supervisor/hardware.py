@@ -6,8 +6,10 @@ needs a Python package beyond the standard library.
 - :class:`CommandCamera` (profile ``kind = "command"``) runs the capture program a device
   already has and takes the image from its standard output, e.g. on Raspberry Pi OS
   ``["rpicam-still", "-n", "-t", "1", "-e", "png", "-o", "-"]`` or, for a USB webcam,
-  ``["fswebcam", "-q", "--no-banner", "-"]``. A capture that fails, prints nothing or takes too
-  long fails the guest's call with the program's own words.
+  ``["fswebcam", "-q", "--no-banner", "-"]``; modules that read PPM (as the example pipeline
+  does) want either piped through ``pngtopnm``: ``["sh", "-c", "... | pngtopnm"]``. A capture
+  that fails, prints nothing or takes too long fails the guest's call with the program's own
+  words.
 - :class:`IioDht` (profile ``kind = "iio"``) reads a DHT11/DHT22 through the Linux kernel's
   industrial-I/O driver (``dtoverlay=dht11,gpiopin=4`` in ``/boot/firmware/config.txt``; the
   driver handles DHT22 too), which exposes milli-degrees Celsius and milli-percent relative

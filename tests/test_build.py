@@ -238,6 +238,9 @@ def test_sensors_call_the_dht_host_functions(guest: Callable[..., Guest]) -> Non
     def host(linker: Linker) -> None:
         for fn in ("getTemperature", "getHumidity"):
             linker.define_func("dht", fn, FuncType([], [ValType.f32()]), lambda fn=fn: readings[fn])
+        # sample() (tests/test_sensor_pipeline.py) also imports the sys clock and delay.
+        linker.define_func("sys", "delay", FuncType([ValType.i32()], []), lambda ms: None)
+        linker.define_func("sys", "millis", FuncType([], [ValType.i32()]), lambda: 0)
 
     sensors = guest("sensors", host=host)
     assert sensors.call("temperature") == 21.5
@@ -247,7 +250,7 @@ def test_sensors_call_the_dht_host_functions(guest: Callable[..., Guest]) -> Non
     assert sensors.call("comfort") == 1
 
 
-def test_camera_gets_the_image_through_alloc(guest: Callable[..., Guest]) -> None:
+def test_camera_gets_the_image_through_alloc(guest: Callable[..., Guest], tmp_path: Path) -> None:
     image = bytes(range(256)) * 4
 
     def take_image(caller: Any, out_ptr_ptr: int, out_size_ptr: int) -> None:
@@ -261,9 +264,11 @@ def test_camera_gets_the_image_through_alloc(guest: Callable[..., Guest]) -> Non
         ftype = FuncType([ValType.i32(), ValType.i32()], [])
         linker.define_func("camera", "takeImageDynamicSize", ftype, take_image, access_caller=True)
 
-    camera = guest("camera", host=host)
+    camera = guest("camera", host=host, workdir=tmp_path)
     assert camera.call("image_size") == 1024
     assert camera.call("image_checksum") == sum(image)
+    assert camera.call("capture") == 1024
+    assert (tmp_path / "image.ppm").read_bytes() == image
 
 
 def test_wat_fixtures(engine: Engine, guest: Callable[..., Guest], fresh_build: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from supervisor.config import load_profile
 from supervisor.drivers import build_drivers
 from tests.conftest import ROOT
+from tests.fleet import FLEET
 from tests.stack import Stack
 from tests.support import Step, mini_manifest
 
@@ -17,6 +18,24 @@ PROFILES = sorted((ROOT / "devices").glob("*.toml"))
 
 def test_there_are_profiles() -> None:
     assert {p.stem for p in PROFILES} >= {"camera-node", "sensor-node", "compute-node"}
+
+
+def test_every_file_in_devices_is_exercised() -> None:
+    """A file added to devices/ fails this until a test runs it.
+
+    Profiles: the fleet of tests/fleet.py starts every one, and the image pipeline
+    (tests/test_image_pipeline.py) runs a step on each of them. Images: the image tests run
+    every ``images/*.ppm`` through grayscale and summary, and the camera node serves each.
+    The generator: tests/test_image_pipeline.py checks it remakes the images byte for byte.
+    """
+    folder = ROOT / "devices"
+    files = {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    images = {f"images/{p.name}" for p in (folder / "images").glob("*.ppm")}
+    assert files == {f"{name}.toml" for name in FLEET} | images | {"make_sample_images.py"}
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)

@@ -299,7 +299,10 @@ def test_build_drivers_from_a_profile(tmp_path: Path, images: Path) -> None:
     ("spec", "message"),
     [
         ({"lidar": {"kind": "simulated"}}, "unknown driver 'lidar'"),
-        ({"dht": {"kind": "dht22"}}, "driver 'dht': unknown kind 'dht22' \\(known: iio, simulated\\)"),
+        (
+            {"dht": {"kind": "dht22"}},
+            "driver 'dht': unknown kind 'dht22' \\(known: iio, simulated\\)",
+        ),
         ({"dht": {}}, "driver 'dht': unknown kind None"),
         ({"dht": {"kind": "simulated", "pin": 4}}, "driver 'dht': unknown option\\(s\\) pin"),
         ({"camera": {"kind": "simulated"}}, "needs 'images'"),

@@ -186,7 +186,19 @@ MANIFEST_ARGS: dict[str, tuple[dict[str, Any], Callable[[Any], bool]]] = {
         ),
     ),
     "sensor-comfort": ({}, lambda v: v in (0, 1)),
+    # The two example pipelines: every hop recomputed in tests/test_image_pipeline.py and
+    # tests/test_sensor_pipeline.py; here, only that they run as shipped.
+    "image-pipeline": ({}, lambda v: (v["width"], v["height"], v["pixels"]) == (32, 24, 768)),
+    "sensor-pipeline": (
+        {"count": 3, "interval_ms": 0},
+        lambda v: v["alert"] is bool(v["reasons"]),
+    ),
 }
+
+
+def test_every_shipped_manifest_has_a_check() -> None:
+    shipped = {p.stem for p in (ROOT / "manifests").glob("*.*")}
+    assert shipped == set(MANIFEST_ARGS), "add the new manifest's arguments and check above"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "manifests").glob("*.*")), ids=lambda p: p.stem)
@@ -195,7 +207,7 @@ async def test_every_shipped_manifest_deploys_and_runs(
 ) -> None:
     orch = orchestrator
     await _fleet(stack, orch)
-    for module in ("fibo", "camera", "sensors"):
+    for module in ("fibo", "camera", "sensors", "image", "climate"):
         await orch.push_module(module)
     content_type = "application/toml" if path.suffix == ".toml" else "application/json"
     status, dep = await orch.post(
