@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 WASM_TOOLS := /usr/bin/clang /usr/bin/wasm-ld /usr/include/wasm32-wasi/stdlib.h /usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a
 PYTEST_ARGS ?=
 
-.PHONY: all install toolchain modules lint test test-fast demo bench clean
+.PHONY: all install toolchain modules lint test test-fast test-system demo bench clean
 
 all: test
 
@@ -50,6 +50,18 @@ test: modules lint
 # Skips the static checks; handy while iterating.
 test-fast: modules
 	$(BIN)/pytest -q -x $(PYTEST_ARGS)
+
+# Boots real systemd in systemd-nspawn with systemd/baton-supervisor.service installed and
+# checks /health, DynamicUser and the watchdog restart (tests/system). Needs root; the first
+# run debootstraps a Debian root into /var/cache/baton (README, "System test").
+test-system: install
+	@if [ ! -x /usr/bin/systemd-nspawn ] || [ ! -x /usr/sbin/debootstrap ]; then \
+	  echo "installing systemd-nspawn and debootstrap"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    systemd-container debootstrap >/dev/null; \
+	fi
+	$(BIN)/pytest -q -s -m system tests/system $(PYTEST_ARGS)
 
 demo: modules
 	$(BIN)/python -m demo $(DEMO_ARGS)
