@@ -4,7 +4,7 @@ The acceptance test starts the installed ``baton-orchestrator`` and ``baton simu
 20`` as subprocesses and waits, with deadlines, until the orchestrator lists all 20 devices
 healthy; then SIGTERM must stop the simulator with status 0 and leave none of its children
 running. Smaller runs cover profiles round-robin, ids kept across runs, a device that dies,
-registration through the API when a token is in use, and refused options. Every process a
+devices that register themselves with the fleet's token, and refused options. Every process a
 test starts is killed in ``finally``; waits poll with deadlines.
 """
 
@@ -322,34 +322,39 @@ async def test_simulate_profiles_kept_ids_and_a_dying_device(
     err = third.stderr()
     assert code == 1, err
     assert "device lab-02" in err and "killed by SIGKILL" in err, err
-    assert "serving on 127.0.0.1" in err, err  # the tail of lab-02's log
+    assert "supervisor lab-02 (" in err, err  # the tail of lab-02's log: its start-up line
     assert alive(third.children) == []
     assert processes_under(root) == []
     assert not third.ready_file.exists()
     assert "Traceback" not in err
 
 
-# --- a token: the simulator registers the devices through the API -------------------------------
+# --- a token: every device registers itself with it -------------------------------------------
 
 
 @pytest.mark.slow
-async def test_simulate_with_a_token_registers_through_the_api(
+async def test_simulate_with_a_token_devices_register_themselves_with_it(
     tmp_path: Path, make_orchestrator: OrchestratorFactory, simulators: list[Simulator]
 ) -> None:
     token = "simulate-" + uuid.uuid4().hex
     orch = await make_orchestrator(token=token)
+    # The orchestrator refuses a registration without the token: a device listed below sent it.
+    status, _ = await orch.post("/devices", json={"host": "127.0.0.1", "port": free_port()})
+    assert status == 401
     sim = Simulator(tmp_path, "--url", orch.url, "--count", "2", env=clean_env(BATON_TOKEN=token))
     simulators.append(sim)
     sim.start()
     doc = await sim.wait_ready(60)
-    assert doc["registration"] == "api" and doc["listed"], doc
+    assert doc["registration"] == "direct" and doc["listed"], doc
     assert await listed_healthy(orch.session, orch.url, doc["devices"])
-    # The devices require the orchestrator's token on /deploy, as the orchestrator sends it.
-    device = doc["devices"][0]
-    async with orch.session.post(device["url"] + "/deploy", json={}) as resp:
-        assert resp.status == 401
     token_file = Path(doc["stateRoot"]) / "token"
     assert token_file.stat().st_mode & 0o077 == 0
+    for device in doc["devices"]:
+        assert f"--token-file {token_file}" in " ".join(psutil.Process(device["pid"]).cmdline())
+        assert "registered with orchestrator" in Path(device["log"]).read_text()
+    # The devices require the orchestrator's token on /deploy, as the orchestrator sends it.
+    async with orch.session.post(doc["devices"][0]["url"] + "/deploy", json={}) as resp:
+        assert resp.status == 401
     assert sim.signal(signal.SIGTERM) == 0, sim.stderr()
     assert alive(sim.children) == []
     assert token not in sim.stderr() + sim.stdout()
