@@ -1,8 +1,10 @@
 """The ``baton`` command-line client of the orchestrator.
 
 ``baton`` talks to the orchestrator only through :mod:`orchestrator.client`. It finds the
-orchestrator from ``--url`` or ``BATON_URL`` (default ``http://127.0.0.1:3000``) and the
-bearer token from ``--token-file`` or ``BATON_TOKEN``. Output is plain aligned tables for
+orchestrator from ``--url`` or ``BATON_URL`` (default ``http://127.0.0.1:3000``), the
+bearer token from ``--token-file`` or ``BATON_TOKEN``, and for an ``https://`` orchestrator
+the CA to verify it with from ``--ca`` or ``BATON_CA`` (default: the system trust store;
+verification is never turned off). Output is plain aligned tables for
 people, or with ``--json`` the API's JSON for scripts. Every failure is one line on stderr
 (``baton: error: ...``) and exit status 1; a usage error exits 2; never a traceback.
 
@@ -10,7 +12,7 @@ Commands::
 
     baton devices                          list devices
     baton devices cordon|uncordon ID       stop / resume placing steps on a device
-    baton devices register HOST [--port P] [--name N]
+    baton devices register HOST [--port P] [--name N] [--tls]
     baton modules push DIR_OR_WASM [--name N] [--version V] [--functions F] [--file m=path]
     baton modules list
     baton deploy FILE [--dry-run] [--wait S] [--if-match REV]
@@ -35,6 +37,7 @@ import asyncio
 import json
 import math
 import os
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -60,6 +63,7 @@ from orchestrator.client import (
     StepPlacement,
     Transition,
 )
+from orchestrator.tls import TlsError, client_context
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 PROG = "baton"
@@ -102,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         url = _url(getattr(args, "url", None))
         token = _token(getattr(args, "token_file", None))
-        return asyncio.run(_run(handler, args, url, token))
+        context = _ssl_context(getattr(args, "ca", None))
+        return asyncio.run(_run(handler, args, url, token, context))
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -122,9 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-async def _run(handler: Handler, args: argparse.Namespace, url: str, token: str | None) -> int:
+async def _run(
+    handler: Handler,
+    args: argparse.Namespace,
+    url: str,
+    token: str | None,
+    context: ssl.SSLContext | None = None,
+) -> int:
     timeout = float(getattr(args, "timeout", 60.0))
-    async with OrchestratorClient(url, token=token, timeout_s=timeout) as client:
+    async with OrchestratorClient(
+        url, token=token, timeout_s=timeout, ssl_context=context
+    ) as client:
         return await handler(Ctx(client, bool(getattr(args, "json", False)), url), args)
 
 
@@ -140,6 +153,8 @@ def _describe(err: ApiError) -> str:
         message += f": {err.detail}"
     if err.status == 401 and "token" not in message.lower():
         message += " (pass --token-file or set BATON_TOKEN)"
+    if err.status == 0 and "certificate verify failed" in message:
+        message += " (pass --ca or set BATON_CA to the fleet's CA certificate)"
     return message
 
 
@@ -164,6 +179,17 @@ def _token(path: str | None) -> str | None:
     return os.environ.get("BATON_TOKEN", "").strip() or None
 
 
+def _ssl_context(path: str | None) -> ssl.SSLContext | None:
+    """The context an https:// orchestrator is verified with (None: the system store)."""
+    ca = path or os.environ.get("BATON_CA", "").strip() or None
+    if ca is None:
+        return None
+    try:
+        return client_context(Path(ca))
+    except TlsError as err:
+        raise CliError(str(err)) from err
+
+
 # --- the command line --------------------------------------------------------------------------
 
 
@@ -181,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="PATH",
         help="file holding the bearer token (env BATON_TOKEN holds the token itself)",
+    )
+    common.add_argument(
+        "--ca",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="PEM CA certificate to verify an https:// orchestrator with "
+        "(env BATON_CA; default: the system trust store)",
     )
     common.add_argument(
         "--json",
@@ -223,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("host")
     register.add_argument("--port", type=int, default=5000)
     register.add_argument("--name")
+    register.add_argument("--tls", action="store_true", help="the device serves HTTPS")
 
     modules = command("modules", cmd_modules_list, "list or push modules")
     msub = modules.add_subparsers(title="module commands", metavar="ACTION")
@@ -459,7 +493,7 @@ async def cmd_uncordon(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 async def cmd_register(ctx: Ctx, args: argparse.Namespace) -> int:
-    device = await ctx.client.register_device(args.host, args.port, args.name)
+    device = await ctx.client.register_device(args.host, args.port, args.name, tls=args.tls)
     if ctx.json:
         return _print_json(device)
     print(f"registered {_device_name(device)} at {device.get('url', '?')}")
@@ -1071,7 +1105,6 @@ def format_fleet(fleet: simulate.Ready) -> str:
     ]
     via = {
         "direct": "registered themselves with",
-        "api": "registered through the API of",
         "mdns": "advertised over mDNS to",
     }[fleet.registration]
     if fleet.listed:

@@ -6,6 +6,10 @@
         for device in await api.list_devices():
             print(device.get("name"), device.get("status"))
 
+An ``https://`` orchestrator is verified against ``ssl_context`` when one is given (e.g.
+``ssl.create_default_context(cafile="fleet-ca.pem")``), else against the system trust store;
+verification is never turned off.
+
 Every method is one route. Results are the API's JSON exactly as sent (so ``baton --json``
 can print them unchanged), typed as ``TypedDict``s whose keys are all optional: read them
 with ``.get`` and a default, since an older or newer orchestrator may omit or add keys.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +77,7 @@ class Device(TypedDict, total=False):
     zone: str | None
     rttMs: float | None
     health: Any
+    lastError: str | None
     interfaces: list[str]
     events: list[Any]
     description: Any  # GET /devices/{id} only
@@ -223,17 +229,31 @@ class ApiError(Exception):
 class OrchestratorClient:
     """One method per route of the orchestrator's API; use as ``async with``."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout_s: float = 60,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:  # never the token
+        return f"OrchestratorClient({self.url!r})"
 
     async def __aenter__(self) -> OrchestratorClient:
         headers = {"Accept": JSON}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        self._session = aiohttp.ClientSession(headers=headers)
+        connector = (
+            aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
+        )
+        self._session = aiohttp.ClientSession(headers=headers, connector=connector)
         return self
 
     async def __aexit__(
@@ -262,10 +282,15 @@ class OrchestratorClient:
     async def get_device(self, device: str) -> Device:
         return cast(Device, _object(await self._checked("GET", f"/devices/{_seg(device)}")))
 
-    async def register_device(self, host: str, port: int = 5000, name: str | None = None) -> Device:
+    async def register_device(
+        self, host: str, port: int = 5000, name: str | None = None, *, tls: bool = False
+    ) -> Device:
+        """Register a device by address; ``tls`` when it serves HTTPS."""
         body: dict[str, Any] = {"host": host, "port": port}
         if name is not None:
             body["name"] = name
+        if tls:
+            body["tls"] = True
         return cast(Device, _object(await self._checked("POST", "/devices", json_body=body)))
 
     async def cordon(self, device: str) -> Device:
@@ -457,6 +482,10 @@ class OrchestratorClient:
                 status = resp.status
                 ctype = resp.content_type
                 reason = resp.reason or ""
+        except aiohttp.ClientSSLError as err:
+            raise ApiError(
+                0, f"TLS with the orchestrator at {self.url} failed: {_tls_why(err)}"
+            ) from err
         except aiohttp.ClientConnectorError as err:
             raise ApiError(0, f"cannot reach the orchestrator at {self.url}: {_why(err)}") from err
         except aiohttp.InvalidURL as err:
@@ -531,6 +560,19 @@ def _manifest(manifest: bytes | Mapping[str, Any], content_type: str) -> tuple[b
     if isinstance(manifest, bytes):
         return manifest, content_type
     return msgspec.json.encode(dict(manifest)), JSON
+
+
+def _tls_why(err: aiohttp.ClientSSLError) -> str:
+    cause = (
+        err.certificate_error
+        if isinstance(err, aiohttp.ClientConnectorCertificateError)
+        else err.os_error
+    )
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+        return f"certificate verify failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return str(cause.reason)
+    return str(cause) or str(err)
 
 
 def _why(err: aiohttp.ClientConnectorError) -> str:

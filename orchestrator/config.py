@@ -1,7 +1,8 @@
 """Orchestrator settings from flags and ``BATON_*`` environment (flag > environment > default).
 
 Under systemd the state directory defaults to ``$STATE_DIRECTORY`` (``StateDirectory=``) when
-neither ``--state-dir`` nor ``BATON_ORCHESTRATOR_STATE_DIR`` is given.
+neither ``--state-dir`` nor ``BATON_ORCHESTRATOR_STATE_DIR`` is given. TLS files are loaded once
+here, so a bad certificate, key or CA file is a :class:`ConfigError` before anything starts.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from orchestrator.tls import TlsError, client_context, server_context
 
 DEFAULT_PORT = 3000  # the wasmiot reference orchestrator's port
 
@@ -25,7 +28,11 @@ class Settings:
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"  # noqa: S104 (the control plane serves the fleet's network)
     public_url: str | None = None  # how devices reach us (blob downloads); default from host
-    token: str | None = None
+    # Never in a repr: settings may end up in a log line or a traceback.
+    token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None  # serve HTTPS with this certificate (PEM) …
+    tls_key: Path | None = None  # … and this key; both or neither
+    tls_ca: Path | None = None  # CA file device certificates are verified with (default: system)
     mdns_enabled: bool = True
     mdns_interfaces: tuple[str, ...] | None = None
     health_interval_s: float = 5.0
@@ -38,11 +45,16 @@ class Settings:
     log_level: str = "INFO"
 
     @property
+    def tls(self) -> bool:
+        """Whether the API is served over HTTPS."""
+        return self.tls_cert is not None
+
+    @property
     def base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host  # noqa: S104
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
         "or the token itself in BATON_TOKEN)",
     )
     p.add_argument(
+        "--tls-cert",
+        help="serve HTTPS with this PEM certificate (env BATON_TLS_CERT; needs --tls-key)",
+    )
+    p.add_argument("--tls-key", help="the certificate's PEM private key (env BATON_TLS_KEY)")
+    p.add_argument(
+        "--tls-ca",
+        help="PEM CA file to verify devices' HTTPS certificates with "
+        "(env BATON_TLS_CA; default: the system trust store)",
+    )
+    p.add_argument(
         "--mdns-interfaces",
         help="comma-separated addresses to browse on, 'all' (default) or 'none' "
         "(env BATON_MDNS_INTERFACES)",
@@ -70,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lost-after", type=int, help="failed checks before a device is lost (3)")
     p.add_argument("--back-after", type=int, help="good checks before a lost device is back (2)")
     p.add_argument(
+        "--reconcile-interval",
+        type=float,
+        help="seconds between two reconcile cycles of a device (10); device events wake it sooner",
+    )
+    p.add_argument(
+        "--execution-deadline",
+        type=float,
+        help="seconds an execution may take from its first hop to its final value (60)",
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=float,
         help="seconds in-flight requests get to finish on SIGTERM (default 10; "
@@ -77,6 +109,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     return p
+
+
+def tls_files(
+    cert: str | None, key: str | None, ca: str | None
+) -> tuple[Path | None, Path | None, Path | None]:
+    """The TLS paths, checked by loading them once; raises :class:`ConfigError`."""
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            "--tls-cert (BATON_TLS_CERT) and --tls-key (BATON_TLS_KEY) go together: "
+            f"got only {'the certificate' if cert else 'the key'}"
+        )
+    try:
+        if cert is not None and key is not None:
+            server_context(Path(cert), Path(key))
+        if ca is not None:
+            client_context(Path(ca))
+    except TlsError as err:
+        raise ConfigError(str(err)) from err
+    return (
+        Path(cert) if cert else None,
+        Path(key) if key else None,
+        Path(ca) if ca else None,
+    )
 
 
 def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
@@ -119,17 +174,37 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"shutdown timeout must be seconds, got {shutdown_text!r}") from err
     if shutdown_timeout < 0:
         raise ConfigError("the shutdown timeout cannot be negative")
+    tls_cert, tls_key, tls_ca = tls_files(
+        args.tls_cert or env.get("BATON_TLS_CERT") or None,
+        args.tls_key or env.get("BATON_TLS_KEY") or None,
+        args.tls_ca or env.get("BATON_TLS_CA") or None,
+    )
+    public_url = args.public_url or env.get("BATON_ORCHESTRATOR_PUBLIC_URL")
+    if tls_cert is not None and public_url and not public_url.lower().startswith("https://"):
+        # Devices would download modules over plain HTTP from a port that speaks only TLS.
+        raise ConfigError(f"the public URL {public_url!r} must be https:// when TLS is on")
+    for flag, value in (
+        ("--reconcile-interval", args.reconcile_interval),
+        ("--execution-deadline", args.execution_deadline),
+    ):
+        if value is not None and not (0 < value < float("inf")):
+            raise ConfigError(f"{flag} must be a positive number of seconds, got {value}")
     return Settings(
         state_dir=Path(state) if state else Path.home() / ".local/state/baton-orchestrator",
         port=port,
         host=args.host or env.get("BATON_ORCHESTRATOR_HOST") or "0.0.0.0",  # noqa: S104
-        public_url=args.public_url or env.get("BATON_ORCHESTRATOR_PUBLIC_URL"),
+        public_url=public_url,
         token=token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         mdns_enabled=mdns_enabled,
         mdns_interfaces=interfaces,
         health_interval_s=args.health_interval or 5.0,
         lost_after=args.lost_after or 3,
         back_after=args.back_after or 2,
+        reconcile_interval_s=args.reconcile_interval or 10.0,
+        execution_deadline_s=args.execution_deadline or 60.0,
         shutdown_timeout_s=shutdown_timeout,
         log_level=(args.log_level or env.get("BATON_LOG_LEVEL") or "INFO").upper(),
     )

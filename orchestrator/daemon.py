@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 
 from orchestrator.app import build_app
 from orchestrator.config import ConfigError, settings_from_environment
 from orchestrator.service import serve
+from orchestrator.tls import TlsError, server_context
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_environment(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
+        ssl_context: ssl.SSLContext | None = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            ssl_context = server_context(settings.tls_cert, settings.tls_key)
+    except (ConfigError, TlsError) as err:
         print(f"baton-orchestrator: {err}", file=sys.stderr)  # noqa: T201
         return 2
     logging.basicConfig(
@@ -34,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             shutdown_timeout_s=settings.shutdown_timeout_s,
-            status=f"serving on {settings.host}:{settings.port}",
+            status=f"serving on {settings.host}:{settings.port}"
+            + (" (https)" if ssl_context is not None else ""),
+            ssl_context=ssl_context,
         )
     )
     return 0

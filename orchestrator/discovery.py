@@ -21,6 +21,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -43,10 +44,19 @@ MAX_DESCRIPTION_BYTES = 1 << 20
 """A description is a few KiB; anything past 1 MiB is refused rather than buffered."""
 
 _RESOLVE_TIMEOUT_MS = 3000
+_MAX_REFUSED = 256
 
 
 class DeviceUnreachable(Exception):
-    """No device description could be fetched; the message says from where and why."""
+    """No device description could be fetched; the message says from where and why.
+
+    ``tls_failure`` is set when an HTTPS device's certificate did not verify (or its TLS
+    handshake failed): an operator's problem to fix, not a device that is still starting.
+    """
+
+    def __init__(self, message: str, *, tls_failure: bool = False) -> None:
+        super().__init__(message)
+        self.tls_failure = tls_failure
 
 
 def decode_txt(props: dict[bytes, bytes | None]) -> dict[str, str]:
@@ -78,6 +88,22 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _tls_reason(err: aiohttp.ClientSSLError) -> str:
+    """What went wrong in TLS, in OpenSSL's words but without aiohttp's connection-key noise:
+    ``TLS verification failed: certificate verify failed: unable to get local issuer
+    certificate``, or ``TLS handshake failed: WRONG_VERSION_NUMBER`` (a plain-HTTP peer)."""
+    cause = (
+        err.certificate_error
+        if isinstance(err, aiohttp.ClientConnectorCertificateError)
+        else err.os_error
+    )
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS verification failed: certificate verify failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return f"TLS handshake failed: {cause.reason}"
+    return f"TLS handshake failed: {str(cause) or str(err)}"
 
 
 def _host_in_url(host: str) -> str:
@@ -115,6 +141,9 @@ class Discovery:
         self._again: set[str] = set()
         self.announced_at: dict[str, float] = {}
         """Device id → ``clock()`` of its latest mDNS announcement that resolved to it."""
+        self.refused: dict[str, str] = {}
+        """mDNS instance name → why its description could not be fetched (the latest
+        :data:`_MAX_REFUSED`; removed again once the instance resolves to a device)."""
 
     async def start(self) -> None:
         """Bind zeroconf and start browsing. Idempotent."""
@@ -210,10 +239,19 @@ class Discovery:
         try:
             host, description = await self._fetch_description(addresses, info.port, tls)
         except DeviceUnreachable as err:
+            self.refused.pop(name, None)
+            self.refused[name] = str(err)
+            while len(self.refused) > _MAX_REFUSED:
+                del self.refused[next(iter(self.refused))]
+            if err.tls_failure:
+                # A certificate our CA does not vouch for: never retried over plain HTTP.
+                log.warning("discovery: refusing %s: %s", name, err)
+                return
             # Not a supervisor (another WebThing, a reference orchestrator advertising
             # itself) or not up yet: it will be retried on its next announcement.
             log.info("discovery: ignoring %s: %s", name, err)
             return
+        self.refused.pop(name, None)
         device = self._registry.upsert_from_description(
             description,
             host=host,
@@ -234,25 +272,29 @@ class Discovery:
         name: str | None = None,
         *,
         addresses: list[str] | None = None,
+        tls: bool = False,
     ) -> Device:
         """Register a device that mDNS cannot reach: fetch its description and upsert it.
 
         Tries ``host`` and then each of ``addresses`` (the reference registration body's
-        list) until one serves the description. ``name`` is used for the id only when the
-        description has none (reference supervisors send their mDNS instance name).
+        list) until one serves the description, over HTTPS when ``tls`` (never falling back
+        to HTTP: a certificate that does not verify makes the device unreachable). ``name``
+        is used for the id only when the description has none (reference supervisors send
+        their mDNS instance name).
         Raises :class:`DeviceUnreachable` when no address serves a description, and
         ``ValueError`` for a port outside 1..65535. Works without :meth:`start`.
         """
         if not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}")
         candidates = list(dict.fromkeys([host, *(addresses or [])]))
-        found_at, description = await self._fetch_description(candidates, port, tls=False)
+        found_at, description = await self._fetch_description(candidates, port, tls=tls)
         return self._registry.upsert_from_description(
             description,
             host=found_at,
             port=port,
             addresses=candidates,
             name=name,
+            tls=tls,
             source="manual",
         )
 
@@ -264,15 +306,21 @@ class Discovery:
         """The first host (in order) answering 200 with a JSON object, and that object."""
         scheme = "https" if tls else "http"
         errors: list[str] = []
+        tls_failure = False
         for host in hosts:
             url = f"{scheme}://{_host_in_url(host)}:{port}{DESCRIPTION_PATH}"
             try:
                 return host, await self._get_json(url)
+            except aiohttp.ClientSSLError as err:
+                tls_failure = True
+                errors.append(f"{url}: {_tls_reason(err)}")
             except (aiohttp.ClientError, TimeoutError, ValueError) as err:
                 errors.append(f"{url}: {type(err).__name__}: {err}".rstrip(": "))
         if not errors:
             raise DeviceUnreachable(f"no address to fetch a description from (port {port})")
-        raise DeviceUnreachable("cannot fetch the device description: " + "; ".join(errors))
+        raise DeviceUnreachable(
+            "cannot fetch the device description: " + "; ".join(errors), tls_failure=tls_failure
+        )
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         async with self._session.get(url, timeout=self._timeout) as resp:

@@ -66,6 +66,7 @@ class HealthMonitor:
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.time,
         concurrency: int = 256,
+        token: str | None = None,
     ) -> None:
         if interval_s <= 0 or timeout_s <= 0 or lost_after < 1 or back_after < 1:
             raise ValueError("interval and timeout must be > 0, thresholds >= 1")
@@ -76,6 +77,11 @@ class HealthMonitor:
         self._back_after = back_after
         self._timeout_s = timeout_s
         self._clock = clock
+        # A supervisor with the fleet token counts only authenticated checks as the
+        # orchestrator's (anything else would make it re-register every renewal period).
+        self._headers = {"Accept": "application/json"} | (
+            {"Authorization": f"Bearer {token}"} if token else {}
+        )
         # Bounds sockets in flight on a big fleet; the rest queue within the round.
         self._limit = asyncio.Semaphore(concurrency)
         self._round = asyncio.Lock()
@@ -139,8 +145,7 @@ class HealthMonitor:
 
     async def _get_report(self, url: str) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=self._timeout_s)
-        headers = {"Accept": "application/json"}
-        async with self._session.get(url, timeout=timeout, headers=headers) as resp:
+        async with self._session.get(url, timeout=timeout, headers=self._headers) as resp:
             if resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}")
             body = bytearray()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ from supervisor.app import build_app
 from supervisor.config import ConfigError, settings_from_environment
 from supervisor.drivers import build_drivers
 from supervisor.service import serve
+from supervisor.tls import TlsError, server_context
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_environment(sys.argv[1:] if argv is None else argv)
         # Fail before serving, with the profile named, rather than in the middle of start-up.
         build_drivers(settings.profile.drivers, settings.profile_dir)
-    except (ConfigError, ValueError) as err:
+        ssl_context: ssl.SSLContext | None = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            ssl_context = server_context(settings.tls_cert, settings.tls_key)
+    except (ConfigError, TlsError, ValueError) as err:
         print(f"baton-supervisor: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -38,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             shutdown_timeout_s=settings.shutdown_timeout_s,
-            status=f"serving {settings.name} on {settings.host}:{settings.port}",
+            status=f"serving {settings.name} on {settings.host}:{settings.port}"
+            + (" (https)" if ssl_context is not None else ""),
+            ssl_context=ssl_context,
         )
     )
     return 0

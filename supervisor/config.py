@@ -3,7 +3,8 @@
 Precedence: flag > environment > profile > default. The wasmiot variables
 ``WASMIOT_SUPERVISOR_NAME``, ``WASMIOT_SUPERVISOR_PORT`` and ``WASMIOT_ORCHESTRATOR_URL`` are
 accepted as aliases so existing deployment scripts keep working. :func:`load_settings` is pure
-apart from reading the profile and token files it is pointed at.
+apart from reading the profile, token and TLS files it is pointed at (TLS files are loaded
+once there, so a bad certificate is a :class:`ConfigError` before anything starts).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from supervisor.tls import TlsError, client_context, server_context
 
 DEFAULT_PORT = 5000  # the wasmiot reference's default, which its orchestrator assumes
 
@@ -45,13 +48,21 @@ class Settings:
     profile: Profile = field(default_factory=Profile)
     profile_dir: Path = field(default_factory=Path.cwd)
     orchestrator_url: str | None = None
-    token: str | None = None
+    # Never in a repr: settings may end up in a log line or a traceback.
+    token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None  # serve HTTPS with this certificate (PEM) …
+    tls_key: Path | None = None  # … and this key; both or neither
+    tls_ca: Path | None = None  # CA file outbound HTTPS calls verify against (default: system)
     mdns_interfaces: tuple[str, ...] | None = None  # None = all interfaces
     mdns_enabled: bool = True
     history_size: int = 1000
     default_timeout_ms: int = 10_000
     default_memory_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 64 * 1024 * 1024
+    # A returned string/JSON result is held in memory (history, inline replies); output files
+    # stay on disk but travel in one request body to the next hop.
+    max_result_bytes: int = 1024 * 1024
+    max_output_bytes: int = 64 * 1024 * 1024
     renewal_s: float = 900.0
     outbound_timeout_s: float = 30.0
     shutdown_timeout_s: float = 10.0
@@ -60,6 +71,11 @@ class Settings:
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.profile.labels)
+
+    @property
+    def tls(self) -> bool:
+        """Whether this supervisor serves HTTPS (and says so: mDNS TXT ``tls=1``)."""
+        return self.tls_cert is not None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
         "--orchestrator", help="orchestrator URL to register with (env BATON_ORCHESTRATOR_URL)"
     )
     p.add_argument("--token-file", help="file holding the bearer token for /deploy and /register")
+    p.add_argument(
+        "--tls-cert",
+        help="serve HTTPS with this PEM certificate (env BATON_TLS_CERT; needs --tls-key)",
+    )
+    p.add_argument("--tls-key", help="the certificate's PEM private key (env BATON_TLS_KEY)")
+    p.add_argument(
+        "--tls-ca",
+        help="PEM CA file to verify HTTPS orchestrators and next hops with "
+        "(env BATON_TLS_CA; default: the system trust store)",
+    )
     p.add_argument(
         "--mdns-interfaces",
         help="comma-separated addresses to advertise on, 'all' (default) or 'none' "
@@ -128,6 +154,29 @@ def _read_token(path: str) -> str:
     return token
 
 
+def tls_files(
+    cert: str | None, key: str | None, ca: str | None
+) -> tuple[Path | None, Path | None, Path | None]:
+    """The TLS paths, checked by loading them once; raises :class:`ConfigError`."""
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            "--tls-cert (BATON_TLS_CERT) and --tls-key (BATON_TLS_KEY) go together: "
+            f"got only {'the certificate' if cert else 'the key'}"
+        )
+    try:
+        if cert is not None and key is not None:
+            server_context(Path(cert), Path(key))
+        if ca is not None:
+            client_context(Path(ca))
+    except TlsError as err:
+        raise ConfigError(str(err)) from err
+    return (
+        Path(cert) if cert else None,
+        Path(key) if key else None,
+        Path(ca) if ca else None,
+    )
+
+
 def _interfaces(value: str | None) -> tuple[bool, tuple[str, ...] | None]:
     if value is None or value.strip().lower() in {"", "all"}:
         return True, None
@@ -161,6 +210,11 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     mdns_enabled, interfaces = _interfaces(
         args.mdns_interfaces or _env(env, "BATON_MDNS_INTERFACES")
     )
+    tls_cert, tls_key, tls_ca = tls_files(
+        args.tls_cert or _env(env, "BATON_TLS_CERT"),
+        args.tls_key or _env(env, "BATON_TLS_KEY"),
+        args.tls_ca or _env(env, "BATON_TLS_CA"),
+    )
     state_dir = args.state_dir or _env(env, "BATON_STATE_DIR")
     renewal = _env(env, "BATON_REGISTER_RENEWAL_TIME", "WASMIOT_REGISTER_RENEWAL_TIME")
     history_size = args.history_size or 1000
@@ -181,6 +235,9 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         orchestrator_url=args.orchestrator
         or _env(env, "BATON_ORCHESTRATOR_URL", "WASMIOT_ORCHESTRATOR_URL"),
         token=token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         mdns_interfaces=interfaces,
         mdns_enabled=mdns_enabled,
         history_size=history_size,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -46,6 +47,32 @@ def _redact(url: str) -> str:
     except ValueError:
         return "<invalid url>"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_MAX_REASON_BYTES = 4096
+
+
+async def _head(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body (an error body is small; a huge one is cut)."""
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(limit):
+        data += chunk
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit])
+
+
+def _problem_result(raw: bytes) -> str | None:
+    """The ``result`` of a problem body (``{"status": "error", "result": ...}``) on one line,
+    shortened: it goes into a log line."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    result = body.get("result") if isinstance(body, dict) else None
+    if not isinstance(result, str):
+        return None
+    return " ".join(result.split())[:500] or None
 
 
 class Registrar:
@@ -178,7 +205,10 @@ class Registrar:
             ) as resp:
                 if 200 <= resp.status < 300:
                     return None
-                return f"HTTP {resp.status} {resp.reason or ''}".rstrip()
+                status = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
+                why = _problem_result(await _head(resp, _MAX_REASON_BYTES))
+                # The orchestrator says why (e.g. it could not verify our certificate).
+                return f"{status}: {why}" if why else status
         except TimeoutError:
             return f"no answer within {self._timeout.total} s"
         except (aiohttp.ClientError, OSError, ValueError) as exc:

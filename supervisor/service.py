@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -110,8 +111,11 @@ async def serve(
     shutdown_timeout_s: float,
     status: str,
     notifier: Notifier | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM/SIGINT, then shut down gracefully.
+
+    With ``ssl_context`` the port speaks HTTPS only (a plain HTTP client fails its handshake).
 
     The shutdown is aiohttp's: stop listening, let in-flight requests finish within
     ``shutdown_timeout_s``, then tear down the app's cleanup contexts (which bound their own
@@ -145,7 +149,7 @@ async def serve(
         keepalive_timeout=_KEEPALIVE_TIMEOUT_S,
     )
     try:
-        if await _start(runner, host, port, stop):
+        if await _start(runner, host, port, stop, ssl_context):
             notifier.notify("READY=1", f"STATUS={status}")
             if notifier.enabled and notifier.watchdog_interval_s is not None:
                 watchdog = asyncio.create_task(
@@ -163,12 +167,18 @@ async def serve(
         notifier.close()
 
 
-async def _start(runner: web.AppRunner, host: str, port: int, stop: asyncio.Event) -> bool:
+async def _start(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    ssl_context: ssl.SSLContext | None,
+) -> bool:
     """Run the app's start-up and bind the site; False if a stop signal came first."""
 
     async def start() -> None:
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
 
     starting = asyncio.create_task(start(), name="http-start")
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")

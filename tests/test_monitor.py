@@ -188,3 +188,29 @@ def test_rejects_nonsense_settings() -> None:
         HealthMonitor(registry, None, interval_s=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="thresholds"):
         HealthMonitor(registry, None, lost_after=0)  # type: ignore[arg-type]
+
+
+async def test_checks_carry_the_fleet_token_when_there_is_one(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A supervisor with a token counts only authenticated checks as the orchestrator's;
+    without the token on its checks every device would re-register each renewal period."""
+    seen: list[str | None] = []
+
+    async def health(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"cpuUsage": 0.1})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        with_token = HealthMonitor(DeviceRegistry(), session, token="fleet-s3cret")
+        without = HealthMonitor(DeviceRegistry(), session)
+        assert (await with_token.check(url)).ok
+        assert (await without.check(url)).ok
+        assert seen == ["Bearer fleet-s3cret", None]
+    finally:
+        await server.close()

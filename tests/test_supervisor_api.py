@@ -10,6 +10,7 @@ import psutil
 from aiohttp.test_utils import TestServer
 
 from supervisor.app import build_app
+from supervisor.protocol import DESCRIPTION_PATH
 from tests.stack import Stack, fibo_node
 from tests.support import Step, mini_manifest, prefix_step, upload, upper_step
 
@@ -324,11 +325,28 @@ async def test_token_guards_control_routes(stack: Stack) -> None:
     ) as resp:
         assert resp.status == 401
     async with stack.session.post(
+        dev.url + "/deploy", json=node, headers={"Authorization": "s3cret"}
+    ) as resp:
+        assert resp.status == 401  # the token without the Bearer scheme
+    async with stack.session.post(
         dev.url + "/deploy", json=node, headers={"Authorization": "Bearer s3cret"}
     ) as resp:
         assert resp.status == 200
-    # function endpoints stay open
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        async with stack.session.delete(dev.url + "/deploy/tok", headers=headers) as resp:
+            body = await resp.json()
+            assert resp.status == 401 and body["type"] == "unauthorized", body
+            assert "s3cret" not in json.dumps(body)
+    # function endpoints and every read route stay open
     assert (await stack.call(f"{dev.url}/tok/modules/fibo/fibo", param0=1, wait=5))["value"] == 1
+    for path in ("/health", "/deploy", "/metrics", "/openapi.json", DESCRIPTION_PATH):
+        async with stack.session.get(dev.url + path) as resp:
+            assert resp.status == 200, path
+            assert "s3cret" not in await resp.text(), path
+    async with stack.session.delete(
+        dev.url + "/deploy/tok", headers={"Authorization": "Bearer s3cret"}
+    ) as resp:
+        assert resp.status == 200
 
 
 async def test_register_sets_orchestrator_header(stack: Stack) -> None:
