@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 WASM_TOOLS := /usr/bin/clang /usr/bin/wasm-ld /usr/include/wasm32-wasi/stdlib.h /usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a
 PYTEST_ARGS ?=
 
-.PHONY: all install toolchain modules lint test test-fast test-system demo bench clean
+.PHONY: all install toolchain modules lint test test-fast test-system soak demo bench clean
 
 all: test
 
@@ -62,6 +62,12 @@ test-system: install
 	    systemd-container debootstrap >/dev/null; \
 	fi
 	$(BIN)/pytest -q -s -m system tests/system $(PYTEST_ARGS)
+
+# The chaos and fuzz tests at soak scale (BATON_SOAK=1: ten times the rounds, kills and
+# executions; tests/chaos/knobs.py), plus the other kill -9 tests with fresh random seeds.
+# Counters land in build/chaos-stats.json; -s shows each test's summary line.
+soak: modules
+	BATON_SOAK=1 $(BIN)/pytest -q -s tests/chaos tests/fuzz tests/test_crash.py tests/test_failover.py $(PYTEST_ARGS)
 
 demo: modules
 	$(BIN)/python -m demo $(DEMO_ARGS)

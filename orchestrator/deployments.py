@@ -21,15 +21,22 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from orchestrator import lifecycle, plan
-from orchestrator.devices import DeviceRegistry
-from orchestrator.errors import Conflict, NotFound, OrchestratorError, Unprocessable
+from orchestrator.devices import Device, DeviceRegistry
+from orchestrator.errors import (
+    Conflict,
+    DeviceUnavailable,
+    NotFound,
+    OrchestratorError,
+    Timeout,
+    Unprocessable,
+)
 from orchestrator.lifecycle import Event, State, Transition
 from orchestrator.manifests import ManifestError, check_references, manifest_digest
 from orchestrator.model import DeviceView, Manifest
@@ -41,6 +48,7 @@ from orchestrator.supervisor_client import SupervisorClient
 from supervisor.protocol import DeploymentNode
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Revision(msgspec.Struct):
@@ -84,6 +92,63 @@ class _Queue:
     task: asyncio.Task[None] | None = None
 
 
+class _Gate:
+    """Executions of one deployment vs. changes of what its devices run.
+
+    Every device keeps one mini-manifest per deployment, so while a revision is pushed (or
+    rolled back) the devices hold a mix of two revisions: a step whose device changed role
+    forwards to the new next hop, or stops the chain early. An execution must never follow
+    such a chain. The gate is writer-preferring: ``close`` makes new executions wait and
+    waits (bounded) until the running ones are done; ``open`` (at the switch, or once the
+    rollback ran) lets the waiting ones go, on the revision that is now active.
+    """
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.changing = False
+        self._opened = asyncio.Event()
+        self._opened.set()
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    async def enter(self, wait_s: float) -> bool:
+        """Take an execution slot; False if the deployment kept changing for ``wait_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                while self.changing:
+                    await self._opened.wait()
+        if self.changing:
+            return False
+        self.running += 1
+        self._drained.clear()
+        return True
+
+    def leave(self) -> None:
+        self.running -= 1
+        if self.running <= 0:
+            self.running = 0
+            self._drained.set()
+
+    async def close(self, drain_s: float) -> bool:
+        """Start a change; True once no execution runs (False: some still did after
+        ``drain_s``, which only happens past their own deadline)."""
+        self.changing = True
+        self._opened.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_s):
+                await self._drained.wait()
+        return self.running == 0
+
+    def hold(self) -> None:
+        """Closed from the start (a change resumed after a restart: nothing runs yet)."""
+        self.changing = True
+        self._opened.clear()
+
+    def open(self) -> None:
+        self.changing = False
+        self._opened.set()
+
+
 class Deployments:
     def __init__(
         self,
@@ -94,7 +159,12 @@ class Deployments:
         blob_url: Callable[[str], str],
         *,
         clock: Callable[[], float] = time.time,
+        drain_s: float = 60.0,
+        retry_s: float = 30.0,
     ) -> None:
+        """``drain_s``: how long a revision waits for running executions before it changes
+        what the devices run (their deadline; they cannot run longer). ``retry_s``: how long
+        a push or verify keeps calling a device that does not answer (and is not lost)."""
         self._store = store
         self._modules = modules
         self._devices = devices
@@ -104,6 +174,12 @@ class Deployments:
         self._deployments: dict[str, Deployment] = {}
         self._queues: dict[str, _Queue] = {}
         self._changed = asyncio.Condition()
+        self._gates: dict[str, _Gate] = {}
+        self._drain_s = drain_s
+        self._retry_s = retry_s
+        # Held while a revision is applied, and by the reconciler while it changes a device
+        # for the deployment: the two never push to one device at once.
+        self._locks: dict[str, asyncio.Lock] = {}
 
     # --- queries -------------------------------------------------------------------------
 
@@ -149,10 +225,16 @@ class Deployments:
         return desired, busy
 
     async def fail_over(self, device_id: str) -> list[str]:
-        """A device was lost: re-place every deployment with a step on it."""
+        """A device was lost: re-place every deployment with a step on it — in its active
+        revision, or in the revision being applied (which cannot finish there now: the
+        new revision, queued behind it, places the step elsewhere)."""
         moved = []
         for dep in list(self._deployments.values()):
-            if dep.active is not None and device_id in dep.revision(dep.active).nodes:
+            if self._deployments.get(dep.id) is not dep:
+                continue  # deleted while an earlier one was resubmitted
+            active = dep.active is not None and device_id in dep.revision(dep.active).nodes
+            applying = not dep.latest.settled and device_id in dep.latest.nodes
+            if active or applying:
                 await self._resubmit(dep, f"failover: device {device_id} lost")
                 moved.append(dep.id)
         return moved
@@ -164,7 +246,7 @@ class Deployments:
             return []
         moved = []
         for dep in list(self._deployments.values()):
-            if dep.active is None:
+            if dep.active is None or self._deployments.get(dep.id) is not dep:
                 continue
             rev = dep.revision(dep.active)
             pinned = any(s.device in {device.id, device.name} for s in rev.manifest.sequence)
@@ -172,6 +254,39 @@ class Deployments:
                 await self._resubmit(dep, f"move back: device {device.name} is healthy again")
                 moved.append(dep.id)
         return moved
+
+    async def _recheck(self, dep: Deployment, rev: Revision) -> None:
+        """Failover and move-back, level-triggered, for a revision that just became active.
+
+        :meth:`fail_over` and :meth:`move_back` react to one status change, judged against
+        the revisions as they stand at that moment; a change that lands while a revision is
+        queued, planned or pushed can be judged against the wrong one. (Seen: a pinned
+        device healthy again while its failover revision was still deploying kept its step
+        on the other device for good, because the active revision then still used it.) So
+        once a revision is ACTIVE with nothing queued behind it, the device statuses of now
+        are checked against it once more. A failover that cannot be placed makes no revision
+        active, so this cannot loop.
+        """
+        queue = self._queues.get(dep.id)
+        if rev.state != State.ACTIVE or dep.active != rev.number:
+            return
+        if self._deployments.get(dep.id) is not dep:
+            return  # deleted meanwhile
+        if queue is not None and not queue.pending.empty():
+            return  # a later revision is queued: it is checked when it settles
+        for device_id in rev.nodes:
+            device = self._devices.find(device_id)
+            if device is not None and device.health.status == "lost":
+                await self._resubmit(dep, f"failover: device {device_id} lost")
+                return
+        for device in self._devices.all():
+            if device.health.status != "healthy" or device.cordoned:
+                continue
+            if any(s.device in {device.id, device.name} for s in rev.manifest.sequence) and (
+                device.id not in rev.nodes
+            ):
+                await self._resubmit(dep, f"move back: device {device.name} is healthy again")
+                return
 
     def _compact(self, dep: Deployment) -> None:
         """Keep full detail (placement explanations, mini-manifests) only where it is used.
@@ -212,6 +327,59 @@ class Deployments:
                     await self._changed.wait_for(lambda: dep.revision(revision).settled)
         return dep
 
+    # --- executions ----------------------------------------------------------------------
+
+    async def enter_execution(self, key: str, wait_s: float) -> Deployment:
+        """Take an execution slot on deployment ``key`` (id or name) and return it.
+
+        While its devices change revision the slot waits (up to ``wait_s``, then a 504), so
+        an execution follows one revision's chain, start to end. Every slot taken must be
+        given back with :meth:`leave_execution`.
+        """
+        dep = self.get(key)
+        gate = self._gate(dep.id)
+        if not await gate.enter(wait_s):
+            raise Timeout(
+                f"deployment {dep.name} is still changing revision after {wait_s:g} s; try again",
+                field="deployment",
+            )
+        if self._deployments.get(dep.id) is not dep:  # deleted while the slot waited
+            gate.leave()
+            raise NotFound(f"no deployment {key!r}", field="deployment")
+        return dep
+
+    def leave_execution(self, dep_id: str) -> None:
+        gate = self._gates.get(dep_id)
+        if gate is not None:
+            gate.leave()
+
+    def _lock(self, dep_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(dep_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def holding(self, dep_id: str) -> AsyncIterator[bool]:
+        """For the reconciler: keep deployment ``dep_id``'s revisions from being applied
+        while it changes a device for it. Yields False, holding nothing, when a revision is
+        being applied right now (that plan owns the devices; the next cycle looks again).
+        Re-read :meth:`desired_for` inside: it may have changed while the caller waited."""
+        lock = self._lock(dep_id)
+        if lock.locked():
+            yield False
+            return
+        async with lock:
+            yield True
+
+    def _gate(self, dep_id: str) -> _Gate:
+        return self._gates.setdefault(dep_id, _Gate())
+
+    async def _close_gate(self, dep: Deployment) -> None:
+        if not await self._gate(dep.id).close(self._drain_s):
+            _LOGGER.warning(
+                "deployment %s: executions still running after %.0f s; changing it anyway",
+                dep.name,
+                self._drain_s,
+            )
+
     # --- commands ------------------------------------------------------------------------
 
     async def load(self) -> None:
@@ -221,12 +389,17 @@ class Deployments:
             self._deployments[dep.id] = dep
             for rev in dep.revisions:
                 if not rev.settled:
+                    if rev.state in {State.DEPLOYING, State.FAILED}:
+                        # A crash left the devices mid-change: no execution until it is over.
+                        self._gate(dep.id).hold()
                     self._enqueue(dep, rev.number)
 
     async def submit(
         self, manifest: Manifest, if_match: int | None = None
-    ) -> tuple[Deployment, bool]:
-        """Accept ``manifest``; returns its deployment and whether a revision was added."""
+    ) -> tuple[Deployment, int | None]:
+        """Accept ``manifest``; returns its deployment and the number of the revision it
+        added (None: the same content is already there). The number is this request's even
+        when the orchestrator adds a revision of its own (failover) right after it."""
         try:
             check_references(manifest, self._modules.for_manifest(manifest))
         except ManifestError as err:
@@ -247,33 +420,42 @@ class Deployments:
                     detail={"currentRevision": current},
                 )
             if dep.latest.digest == digest and dep.latest.state not in lifecycle.TERMINAL:
-                return dep, False
+                return dep, None
         self._compact(dep)
         revision = Revision(number=len(dep.revisions) + 1, manifest=manifest, digest=digest)
         dep.revisions.append(revision)
         await self._persist(dep)
         self._enqueue(dep, revision.number)
-        return dep, True
+        return dep, revision.number
 
     async def remove(self, key: str) -> None:
         dep = self.get(key)
-        if dep.active is not None:
-            rev = dep.revision(dep.active)
-            results = await asyncio.gather(
-                *(self._remove_from(dev, dep.id) for dev in rev.nodes), return_exceptions=True
-            )
-            for result in results:
-                # A device that is down now is emptied by the reconciler once it answers.
-                if isinstance(result, OrchestratorError):
-                    _LOGGER.warning("removing %s: %s", dep.name, result.message)
-                elif isinstance(result, BaseException):
-                    raise result
+        # Stop the revision being applied first, so nothing is pushed after the removal; the
+        # devices it may have reached are emptied below with the active ones.
         queue = self._queues.pop(dep.id, None)
         if queue is not None and queue.task is not None:
             queue.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await queue.task
+        hosts = set(dep.revision(dep.active).nodes) if dep.active is not None else set()
+        if not dep.latest.settled:
+            hosts |= set(dep.latest.nodes)
+        async with self._lock(dep.id):  # and no reconciler push for it is in flight
+            results = await asyncio.gather(
+                *(self._remove_from(dev, dep.id) for dev in sorted(hosts)),
+                return_exceptions=True,
+            )
+        for result in results:
+            # A device that is down now is emptied by the reconciler once it answers.
+            if isinstance(result, OrchestratorError):
+                _LOGGER.warning("removing %s: %s", dep.name, result.message)
+            elif isinstance(result, BaseException):
+                raise result
         del self._deployments[dep.id]
+        self._locks.pop(dep.id, None)
+        gate = self._gates.pop(dep.id, None)
+        if gate is not None:
+            gate.open()  # waiting executions wake up and find it gone
         await self._store.delete("deployments", "id", dep.id)
 
     async def stop(self) -> None:
@@ -300,6 +482,8 @@ class Deployments:
             if dep is None:
                 return
             rev = dep.revision(number)
+            lock = self._lock(dep_id)
+            await lock.acquire()  # waits for a reconciler push to this deployment to finish
             try:
                 await self._apply(dep, rev)
             except asyncio.CancelledError:
@@ -308,10 +492,16 @@ class Deployments:
                 _LOGGER.exception("applying %s revision %d crashed", dep.name, number)
                 if rev.state in {State.PLANNING, State.DEPLOYING}:
                     await self._fail(dep, rev, "internal error", "apply")
+            finally:
+                lock.release()
+                gate = self._gates.get(dep_id)
+                if gate is not None:
+                    gate.open()
             rev.settled = True
             await self._persist(dep)
             async with self._changed:
                 self._changed.notify_all()
+            await self._recheck(dep, rev)
 
     async def _transition(
         self,
@@ -369,6 +559,8 @@ class Deployments:
 
     async def _deploy(self, dep: Deployment, rev: Revision) -> None:
         steps = plan.plan_apply(self._keys(dep, dep.active), self._keys(dep, rev.number))
+        if any(s.kind == "push" for s in steps):
+            await self._close_gate(dep)  # opened again at the switch, or after the rollback
         pushed: set[str] = set()
         failure = await self._run_plan(dep, rev, steps, rev.nodes, pushed)
         if failure is not None:
@@ -430,15 +622,42 @@ class Deployments:
                         err.message,
                     )
             elif step.device:
-                device = self._devices.get(step.device)
+                device_id = step.device
                 if step.kind == "push":
-                    rev.node_digests[step.device] = await self._client.deploy(
-                        device, nodes[step.device]
+                    node = nodes[device_id]
+                    rev.node_digests[device_id] = await self._patiently(
+                        device_id, lambda device: self._client.deploy(device, node)
                     )
                 else:
-                    await self._client.verify(device, dep.id, rev.node_digests.get(step.device))
+                    digest = rev.node_digests.get(device_id)
+                    await self._patiently(
+                        device_id, lambda device: self._client.verify(device, dep.id, digest)
+                    )
         finally:
             rev.timings[step.id] = round(time.perf_counter() - started, 4)
+
+    async def _patiently(self, device_id: str, call: Callable[[Device], Awaitable[T]]) -> T:
+        """``call`` the device; while it does not answer at all (it is restarting, say),
+        call again with capped backoff — until it answers, the health monitor declares it
+        lost, or ``retry_s`` passes. A refusal is an answer: it fails at once. A device
+        that restarted mid-push either kept the deployment (persisted before its 200) or
+        never had it; pushing the same content again is a no-op there, so this is safe.
+        """
+        deadline = time.monotonic() + self._retry_s
+        delay = 0.1
+        while True:
+            device = self._devices.get(device_id)  # its address may have changed meanwhile
+            try:
+                return await call(device)
+            except DeviceUnavailable as err:
+                if device.health.status == "lost":
+                    raise DeviceUnavailable(f"{err.message} (the device is lost)") from err
+                if time.monotonic() + delay > deadline:
+                    raise DeviceUnavailable(
+                        f"{err.message} (no answer for {self._retry_s:g} s)"
+                    ) from err
+                await asyncio.sleep(delay)  # backoff before the next attempt
+                delay = min(delay * 2, 2.0)
 
     async def _switch(self, dep: Deployment, rev: Revision) -> None:
         """Every device runs the new revision: it becomes the active one."""
@@ -447,6 +666,9 @@ class Deployments:
         if previous is not None and previous != rev.number:
             await self._transition(dep, dep.revision(previous), Event.SUPERSEDE)
         await self._transition(dep, rev, Event.APPLIED)
+        gate = self._gates.get(dep.id)
+        if gate is not None:
+            gate.open()  # every device runs this revision: executions may follow its chain
 
     async def _remove_from(self, device_id: str, dep_id: str) -> None:
         try:
@@ -465,6 +687,8 @@ class Deployments:
     async def _rollback(self, dep: Deployment, rev: Revision, pushed: set[str]) -> None:
         """Restore the previous active revision on every device the new one touched."""
         steps = plan.rollback_plan(self._keys(dep, dep.active), self._keys(dep, rev.number), pushed)
+        if steps:
+            await self._close_gate(dep)  # already closed when the failure came mid-push
         old_nodes = dep.revision(dep.active).nodes if dep.active is not None else {}
         scratch = Revision(number=rev.number, manifest=rev.manifest, digest=rev.digest)
         failure = await self._run_plan(dep, scratch, steps, old_nodes, set())

@@ -10,6 +10,7 @@
     ├── PayloadTooLarge (413)
     ├── Unprocessable (422)    invalid manifest or module, infeasible placement
     ├── DeviceError (502)      a device refused or did not answer
+    │   └── DeviceUnavailable  it did not answer at all (refused connection, reset, timeout)
     └── Timeout (504)          a wait reached its deadline
 """
 
@@ -62,6 +63,10 @@ class Unprocessable(OrchestratorError):
 class DeviceError(OrchestratorError):
     status = 502
     type = "device-error"
+
+
+class DeviceUnavailable(DeviceError):
+    """No answer at all: the device may be restarting, so the same call may work later."""
 
 
 class Timeout(OrchestratorError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -29,6 +30,7 @@ LONG_POLL_S = 10.0
 MAX_HOPS = 64
 POLL_START_S = 0.05
 POLL_MAX_S = 1.0
+_URL = re.compile(r"https?://[^\s'\",)]+")
 
 
 class Hop(msgspec.Struct):
@@ -82,14 +84,18 @@ class Executions:
         files: Mapping[str, bytes],
         *,
         deadline_s: float,
+        on_done: Callable[[], None] | None = None,
     ) -> Execution:
-        """Begin an execution in the background; ``first`` is the first hop's endpoint."""
+        """Begin an execution in the background; ``first`` is the first hop's endpoint.
+        ``on_done`` is called once it is over (finished, failed or cancelled)."""
         execution = self._new(deployment_id)
         task = asyncio.create_task(
             self._run(execution, first, args, files, deadline_s), name=f"execution {execution.id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if on_done is not None:
+            task.add_done_callback(lambda _: on_done())
         return execution
 
     async def run(
@@ -179,8 +185,11 @@ class Executions:
             hop.success = bool(entry.get("success"))
             hop.value = entry.get("value")
             if not entry.get("success"):
+                reason = str(entry.get("result"))
                 raise_failed(
-                    execution, f"hop on device {device or result_url} failed: {entry.get('result')}"
+                    execution,
+                    f"hop on device {device or result_url} failed: {reason}"
+                    + self._devices_named(reason, besides=device),
                 )
                 return
             result = entry.get("result")
@@ -197,6 +206,16 @@ class Executions:
             return
         raise_failed(execution, f"the chain is longer than {MAX_HOPS} hops")
 
+    def _devices_named(self, reason: str, besides: str | None) -> str:
+        """`` (http://… is device X)`` for each known device a hop's reason names by URL:
+        a hop that could not forward names its next hop by address only."""
+        notes = []
+        for url in dict.fromkeys(_URL.findall(reason)):
+            device = self._device_of(url)
+            if device is not None and device[0] != besides:
+                notes.append(f"{urlsplit(url).netloc} is device {device[0]}")
+        return f" ({'; '.join(notes)})" if notes else ""
+
     async def _entry(self, execution: Execution, url: str, api: int | None) -> dict[str, Any]:
         """The final history entry at ``url``: long-poll on Baton, growing polls otherwise."""
         delay = POLL_START_S
@@ -209,8 +228,18 @@ class Executions:
                 and body.get("status", "done") != "pending"
             ):
                 return body
+            device = self._device_of(url)
+            name = device[0] if device else urlsplit(url).netloc
+            if status == 404 and api:
+                # A Baton device records a call before it hands out its resultUrl, so it
+                # does not know this one any more: it restarted. Asking again cannot help.
+                raise_failed(
+                    execution, f"device {name} no longer knows the call {url} (restarted?)"
+                )
+                raise _Stop
             if status not in (200, 202, 404, 500):
-                raise_failed(execution, f"device answered HTTP {status} for {url}")
+                raise_failed(execution, f"device {name} answered HTTP {status} for {url}")
+                raise _Stop
             if not api:
                 await asyncio.sleep(delay)  # the reference cannot hold a request open
                 delay = min(delay * 2, POLL_MAX_S)

@@ -135,14 +135,26 @@ class Reconciler:
             if dep not in busy
         }
         actions = plan.reconcile({d: key for d, (key, _) in desired.items()}, observed)
+        taken = []
         for action in actions:
-            if action.kind == "remove":
-                _LOGGER.info("removing leftover %s from %s", action.deployment, device.name)
-                await self._client.undeploy(device, action.deployment)
-            else:
-                _LOGGER.info("redeploying %s to %s", action.deployment, device.name)
-                await self._client.deploy(device, desired[action.deployment][1])
-        return actions
+            async with self._deployments.holding(action.deployment) as held:
+                # What to do was decided before the listing came back: a revision may have
+                # started (or the deployment gone) since. Decide again, holding it still.
+                desired, busy = self._deployments.desired_for(device.id)
+                if not held or action.deployment in busy:
+                    continue
+                if action.kind == "remove":
+                    if action.deployment in desired:
+                        continue
+                    _LOGGER.info("removing leftover %s from %s", action.deployment, device.name)
+                    await self._client.undeploy(device, action.deployment)
+                else:
+                    if action.deployment not in desired:
+                        continue
+                    _LOGGER.info("redeploying %s to %s", action.deployment, device.name)
+                    await self._client.deploy(device, desired[action.deployment][1])
+                taken.append(action)
+        return taken
 
     async def stop(self) -> None:
         self._running = False

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 
-from orchestrator.errors import DeviceError
+from orchestrator.errors import DeviceError, DeviceUnavailable
 from supervisor.protocol import DeploymentNode
 
 
@@ -60,7 +60,7 @@ class SupervisorClient:
                     payload = {"result": raw[:200].decode("utf-8", "replace")}
                 return resp.status, payload
         except (aiohttp.ClientError, TimeoutError) as err:
-            raise DeviceError(
+            raise DeviceUnavailable(
                 f"device {device.name} ({device.url}) did not answer {method} {path}: "
                 f"{type(err).__name__} {err}".rstrip()
             ) from err

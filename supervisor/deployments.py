@@ -155,10 +155,16 @@ class Deployments:
                 return current, False
             async with self._gc_lock:
                 self._in_flight += 1
+            failed = True
             try:
                 installed = await self._install(node, digest)
+                failed = False
             finally:
                 self._in_flight -= 1
+                if failed:
+                    # A refused deploy keeps none of what it fetched (a binary that does not
+                    # compile, say): swept now rather than at the next start.
+                    await self._collect_garbage()
         _LOGGER.info("deployment %s installed (%s)", node.deploymentId, digest[:12])
         await self._collect_garbage()
         return installed, True
@@ -194,7 +200,8 @@ class Deployments:
             await self._store.remove_deployment(deployment_id)
             self._installed.pop(deployment_id, None)
             self._broken.pop(deployment_id, None)
-        self._locks.pop(deployment_id, None)
+        # The lock stays: a deploy of this id may be waiting on it, and a fresh lock for the
+        # next one would let the two install at once (memory says one, state.json the other).
         await asyncio.to_thread(shutil.rmtree, self.requests_dir / deployment_id, True)
         await self._collect_garbage()
         _LOGGER.info("deployment %s removed", deployment_id)

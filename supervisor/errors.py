@@ -14,7 +14,7 @@ middleware in ``supervisor.app`` turns it into a problem body with the reference
     ├── FetchFailed (502)           a module or data file could not be downloaded
     ├── Unavailable (503)           shutting down
     └── GuestError (-)              a Wasm call failed; recorded in history, never a 5xx
-        kinds: timeout, out_of_fuel, memory_limit, trap, exit, link, abi
+        kinds: timeout, out_of_fuel, memory_limit, trap, exit, link, abi, output
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class FetchFailed(SupervisorError):
 
 
 class GuestError(SupervisorError):
-    """A Wasm function failed: timeout, fuel, memory cap, trap, non-zero exit, link or ABI."""
+    """A Wasm function failed: timeout, fuel, memory cap, trap, non-zero exit, link, ABI, or
+    output (a missing or oversized output file, an oversized result)."""
 
     status = 500
     type = "guest-error"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections import deque
@@ -37,6 +38,9 @@ from supervisor.protocol import Endpoint, HistoryEntry, check_name
 from supervisor.runtime import NOT_INLINE, CallLimits, Runtime
 
 _LOGGER = logging.getLogger(__name__)
+
+LOG_BYTES = 1024 * 1024
+"""What is kept of a call's stdout.log and stderr.log (diagnostics only, never served)."""
 
 
 def _http_date() -> str:
@@ -87,6 +91,8 @@ class Executions:
         default_timeout_ms: int,
         default_memory_bytes: int,
         outbound_timeout_s: float,
+        max_result_bytes: int = 1024 * 1024,
+        max_output_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._deployments = deployments
         self._runtime = runtime
@@ -96,6 +102,8 @@ class Executions:
         self._default_timeout_ms = default_timeout_ms
         self._default_memory = default_memory_bytes
         self._outbound_timeout = outbound_timeout_s
+        self._max_result = max_result_bytes
+        self._max_output = max_output_bytes
         self._tasks: dict[asyncio.Task[None], Installed] = {}
         self._trash: deque[Path] = deque()
         self._closing = False
@@ -183,6 +191,7 @@ class Executions:
             timeout_s=(limits.timeoutMs or self._default_timeout_ms) / 1000,
             fuel=limits.fuel,
             memory_bytes=limits.memoryBytes or self._default_memory,
+            result_bytes=self._max_result,
         )
 
     def _try_inline(self, call: _Call) -> bool:
@@ -222,14 +231,18 @@ class Executions:
                     await asyncio.to_thread(
                         self._prepare, record.workdir, dep, module, call.uploads
                     )
-                raw = await self._runtime.call(
-                    dep.blobs[module],
-                    function,
-                    call.args,
-                    workdir=record.workdir,
-                    limits=call.limits,
-                    returns_bytes=returns_bytes(call.result_type),
-                )
+                try:
+                    raw = await self._runtime.call(
+                        dep.blobs[module],
+                        function,
+                        call.args,
+                        workdir=record.workdir,
+                        limits=call.limits,
+                        returns_bytes=returns_bytes(call.result_type),
+                    )
+                finally:
+                    if record.workdir is not None:
+                        await asyncio.to_thread(self._trim_logs, record.workdir)
                 call.ran = time.perf_counter()
                 entry.value = decode_result(raw, call.result_type)
             outputs = self._collect_outputs(record, dep)
@@ -244,6 +257,10 @@ class Executions:
                 entry.result = entry.next
             entry.success, entry.status = True, "done"
         except SupervisorError as err:
+            if isinstance(err, GuestError) and err.kind == "output" and record.workdir:
+                # Nothing of a call refused for its output is served: free the disk now,
+                # not when the history entry is evicted.
+                await asyncio.to_thread(shutil.rmtree, record.workdir, True)
             self._failed(call, err)
         except Exception as err:  # a bug must fail this call, never the daemon
             _LOGGER.exception("call %s failed unexpectedly", entry.request_id)
@@ -301,15 +318,38 @@ class Executions:
         if record.workdir is None:
             return {}
         outputs: dict[str, Path] = {}
+        total = 0
         for mount in mounts.output:
             path = record.workdir / mount.path
             if not path.is_file():
                 raise GuestError(
                     "output", f"the function did not write its output file {mount.path!r}"
                 )
+            # Output files are served, and sent to the next hop in one request body (read
+            # into memory): the device's output cap keeps both bounded.
+            total += path.stat().st_size
+            if total > self._max_output:
+                raise GuestError(
+                    "output",
+                    f"the function's output files reach {total} bytes at {mount.path!r}, "
+                    f"more than this device's limit of {self._max_output} bytes per call",
+                )
             outputs[mount.path] = path
         record.output_files = outputs
         return outputs
+
+    @staticmethod
+    def _trim_logs(workdir: Path) -> None:
+        """Cut the guest's stdout/stderr files to their first :data:`LOG_BYTES`: nothing
+        serves them, and a chatty guest must not keep gigabytes on the device until its
+        history entry is evicted."""
+        for name in ("stdout.log", "stderr.log"):
+            path = workdir / name
+            try:
+                if path.stat().st_size > LOG_BYTES:
+                    os.truncate(path, LOG_BYTES)
+            except OSError:
+                continue  # never written (or already gone): nothing to trim
 
     async def _forward(self, fwd: ForwardRequest) -> str:
         """Hand the result to the next hop; return its resultUrl."""

@@ -4,8 +4,9 @@ Values: ``int``/``float`` fill one Wasm parameter each; ``bytes`` fill two (a po
 guest's exported ``alloc`` and a length). A function returning bytes returns one i64 packed as
 ``(ptr << 32) | len``. Failures: every way a guest can fail becomes a :class:`GuestError`
 with a ``kind`` (``timeout``, ``out_of_fuel``, ``memory_limit``, ``trap``, ``exit``, ``link``,
-``abi``). A trap counts as ``memory_limit`` when the exported ``memory`` cannot grow one more
-page under the cap, because wasmtime reports a refused ``memory.grow`` only as -1 to the guest.
+``abi``, ``output``). A trap counts as ``memory_limit`` when the exported ``memory`` cannot grow
+one more page under the cap, because wasmtime reports a refused ``memory.grow`` only as -1 to
+the guest. ``output`` is a returned result larger than :attr:`CallLimits.result_bytes`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from supervisor.errors import GuestError
 
 UNLIMITED_FUEL = 2**62
 _PAGE = 65536
+_GROWTH_STEP = 1024 * 1024
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 _NUMERIC = ("i32", "i64", "f32", "f64")
@@ -37,11 +39,17 @@ class FuncSig:
 
 @dataclass(frozen=True)
 class CallLimits:
-    """Per-call budget; ``fuel=None`` means unlimited."""
+    """Per-call budget; ``fuel=None`` means unlimited.
+
+    ``result_bytes`` caps a returned string or JSON document: it is copied out of the guest,
+    kept in the request history and sent inline, so a guest must not be able to make the
+    daemon hold its whole memory (large results belong in output files).
+    """
 
     timeout_s: float = 10.0
     fuel: int | None = None
     memory_bytes: int = 256 * 1024 * 1024
+    result_bytes: int = 1024 * 1024
 
 
 def coerce(func: str, sig: FuncSig, args: tuple[Arg, ...], returns_bytes: bool) -> list[Arg]:
@@ -89,7 +97,9 @@ def pass_bytes(store: Any, exports: Any, data: bytes) -> list[int | float]:
     return [ptr - 2**32 if ptr >= 2**31 else ptr, len(data)]
 
 
-def read_packed(store: Any, exports: Any, packed: int) -> bytes:
+def read_packed(store: Any, exports: Any, packed: int, max_bytes: int) -> bytes:
+    """The bytes a guest returned as ``(ptr << 32) | len``; refused (kind ``output``) before
+    anything is copied when ``len`` exceeds ``max_bytes``."""
     memory = exports.get("memory")
     if not isinstance(memory, wasmtime.Memory):
         raise GuestError("abi", "returning bytes needs an exported memory")
@@ -97,18 +107,38 @@ def read_packed(store: Any, exports: Any, packed: int) -> bytes:
     ptr, length = packed >> 32, packed & _U32
     if ptr + length > memory.data_len(store):
         raise GuestError("abi", f"returned bytes {ptr}+{length} lie outside the guest's memory")
+    if length > max_bytes:
+        raise GuestError(
+            "output",
+            f"returned {length} bytes, more than this device's limit of {max_bytes} bytes "
+            "for a result (write large results to an output file)",
+        )
     return bytes(memory.read(store, ptr, ptr + length))
 
 
 def memory_full(store: Any, instance: Any, limits: CallLimits) -> bool:
-    """Whether one more page would exceed the cap: the guest hit it."""
+    """Whether the guest's memory is at its cap, give or take one growth step.
+
+    wasmtime-py has no hook for a refused ``memory.grow`` (the guest just sees -1), so this
+    judges by the size the memory reached: a guest growing in steps (an allocator asking for
+    1 MiB at a time) stops up to a step short of the cap, so a trap within
+    :func:`growth_margin` of it counts as hitting the cap. A refused single request larger
+    than that still reads as a plain trap.
+    """
     try:
         memory = instance.exports(store).get("memory")
         if not isinstance(memory, wasmtime.Memory):
             return False
-        return int(memory.data_len(store)) + _PAGE > limits.memory_bytes
+        return int(memory.data_len(store)) + growth_margin(limits) > limits.memory_bytes
     except wasmtime.WasmtimeError:  # only used to name the failure; never fail over it
         return False
+
+
+def growth_margin(limits: CallLimits) -> int:
+    """How far below its cap a trapped guest's memory may be and still count as full: one
+    page, or a 1 MiB growth step where the cap is large enough (at least 16 MiB) for that
+    margin not to swallow most of the cap."""
+    return max(_PAGE, min(_GROWTH_STEP, limits.memory_bytes // 16))
 
 
 def exit_code(exc: BaseException) -> int | None:

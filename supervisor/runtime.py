@@ -410,7 +410,7 @@ class Runtime:
                     params.append(value)
             result = exports[func](store, *params)
             if job.returns_bytes:
-                return read_packed(store, exports, int(result))
+                return read_packed(store, exports, int(result), limits.result_bytes)
             if result is None or isinstance(result, int | float):
                 return result
             raise GuestError("abi", f"{func} returned an unsupported value {result!r}")

@@ -16,15 +16,11 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -33,129 +29,24 @@ from aiohttp.test_utils import TestServer
 
 from orchestrator.app import build_app
 from orchestrator.config import Settings
-from orchestrator.lifecycle import TRANSITIONS, Event, State
 from supervisor.protocol import DESCRIPTION_PATH
 from tests.conftest import ROOT, WASM_DIR, free_port
+from tests.daemons import (
+    OrchestratorProcess,
+    check_history,
+    fibo,
+    get_json,
+    module_form,
+    post_json,
+    until,
+)
 from tests.orchestration import Orchestrator, OrchestratorFactory
 from tests.stack import Stack
 from tests.support import SupervisorProcess
 
-T = TypeVar("T")
 ServerFactory = Callable[..., Awaitable[TestServer]]
-BIN = Path(sys.executable).parent
 MDNS_ON = ["--mdns-interfaces", "127.0.0.1"]
-HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
 SEED_ENV = "BATON_CRASH_SEED"
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-class OrchestratorProcess:
-    """The installed ``baton-orchestrator`` in its own process on 127.0.0.1."""
-
-    def __init__(self, state_dir: Path, *, port: int | None = None, mdns: bool = False) -> None:
-        self.state_dir = state_dir
-        self.port = port or free_port()
-        self.mdns = mdns
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = state_dir.parent / f"orchestrator-{self.port}.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
-        argv = [
-            str(BIN / "baton-orchestrator"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--state-dir",
-            str(self.state_dir),
-            "--mdns-interfaces",
-            "127.0.0.1" if self.mdns else "none",
-            "--health-interval",
-            "0.5",
-        ]
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
-
-    async def wait_healthy(self, session: aiohttp.ClientSession, timeout: float = 20.0) -> None:
-        async def healthy() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"orchestrator exited: {self.tail()}")
-            try:
-                async with session.get(
-                    self.url + "/health", timeout=aiohttp.ClientTimeout(total=1)
-                ) as resp:
-                    return resp.status == 200
-            except (aiohttp.ClientError, TimeoutError):
-                return False
-
-        await until(healthy, timeout, f"the orchestrator on {self.url} to answer /health")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], within_s: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    async with session.get(url, timeout=HTTP_TIMEOUT) as resp:
-        return resp.status, await resp.json()
-
-
-async def post_json(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
-    async with session.post(url, timeout=HTTP_TIMEOUT, **kwargs) as resp:
-        return resp.status, await resp.json()
-
-
-def module_form(name: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("name", name)
-    form.add_field("wasm", (WASM_DIR / f"{name}.wasm").read_bytes(), filename=f"{name}.wasm")
-    functions = (ROOT / "modules" / name / "functions.json").read_bytes()
-    form.add_field("functions", functions, filename="functions.json")
-    return form
-
-
-def check_history(dep: dict[str, Any], where: str) -> None:
-    """Events form one valid chain per revision, and each revision's state is its last ``to``."""
-    last: dict[int, str] = {}
-    for event in dep["events"]:
-        previous = last.get(event["revision"], State.QUEUED.value)
-        assert event["from"] == previous, (where, event, dep["events"])
-        allowed = TRANSITIONS[State(event["from"])]
-        assert allowed.get(Event(event["event"])) == State(event["to"]), (where, event)
-        last[event["revision"]] = event["to"]
-    for rev in dep["revisions"]:
-        assert last.get(rev["number"], State.QUEUED.value) == rev["state"], (where, dep)
-
-
-def fibo(n: int) -> int:
-    a, b = 1, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
 
 
 # --- acceptance 1: discovery over real mDNS ------------------------------------------------
@@ -836,6 +727,12 @@ async def test_a_mutating_route_without_its_token_is_a_401_problem(
             url + "/devices", headers={"Accept": "application/msgpack"}
         ) as resp:
             assert msgspec.msgpack.decode(await resp.read())["type"] == "unauthorized"
+        # Read routes need no token, and nothing answered carries it.
+        reads = ("/health", "/devices", "/modules", "/deployments", "/metrics", "/openapi.json")
+        for path in reads:
+            async with session.get(url + path) as resp:
+                assert resp.status == 200, path
+                assert "s3cret" not in await resp.text(), path
 
 
 async def test_openapi_describes_every_route_and_metrics_are_prometheus_text(

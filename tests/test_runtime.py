@@ -253,6 +253,50 @@ async def test_memory_cap(runtime: Runtime, wat: str) -> None:
         assert await runtime.call(digest, "f", [], workdir=None, limits=LIMITS) is None
 
 
+STEPPER = """(module (memory (export "memory") 1)
+  (func (export "grow") (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+    unreachable)
+  (func (export "early") unreachable))"""
+
+
+async def test_memory_cap_reached_in_1_mib_steps_is_a_memory_limit(runtime: Runtime) -> None:
+    """A guest growing 16 pages at a time stops up to 15 pages short of a 20 MiB cap (1 + 16k
+    pages never lands on 320); that is still its memory limit, not a plain trap. The same
+    guest trapping with its memory far below the cap is a trap."""
+    digest, wasm = module(STEPPER)
+    runtime.load(digest, wasm)
+    limits = CallLimits(memory_bytes=20 * 1024 * 1024)
+    with pytest.raises(GuestError) as err:
+        await runtime.call(digest, "grow", [], workdir=None, limits=limits)
+    assert (err.value.kind, err.value.message) == (
+        "memory_limit",
+        "exceeded its memory limit of 20971520 bytes",
+    )
+    with pytest.raises(GuestError) as err:
+        await runtime.call(digest, "early", [], workdir=None, limits=limits)
+    assert err.value.kind == "trap"
+
+
+async def test_a_result_over_the_cap_is_refused_before_it_is_copied(runtime: Runtime) -> None:
+    digest, wasm = module(BYTES)
+    runtime.load(digest, wasm)
+    limits = CallLimits(timeout_s=5.0, result_bytes=4)
+    assert (
+        await runtime.call(
+            digest, "reverse", [b"abcd"], workdir=None, limits=limits, returns_bytes=True
+        )
+        == b"dcba"
+    )
+    with pytest.raises(GuestError) as err:
+        await runtime.call(
+            digest, "reverse", [b"abcde"], workdir=None, limits=limits, returns_bytes=True
+        )
+    assert err.value.kind == "output"
+    assert err.value.message.startswith(
+        "returned 5 bytes, more than this device's limit of 4 bytes for a result"
+    )
+
+
 async def test_a_trap_reports_its_cause(runtime: Runtime) -> None:
     digest, wasm = module('(module (func (export "f") unreachable))')
     runtime.load(digest, wasm)
