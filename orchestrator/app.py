@@ -28,6 +28,7 @@ from orchestrator.reconciler import Reconciler
 from orchestrator.routes import CONTEXT, Context, reply, routes
 from orchestrator.store import Store
 from orchestrator.supervisor_client import SupervisorClient
+from orchestrator.tls import client_context
 
 _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,6 +45,11 @@ def _problem(request: web.Request, err: OrchestratorError) -> web.Response:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        # Refused before a byte of it is read; aiohttp then discards the rest unbuffered.
+        limit = request.client_max_size
+        return _problem(request, PayloadTooLarge(f"request body is larger than {limit} bytes"))
     try:
         return await handler(request)
     except OrchestratorError as err:
@@ -70,9 +76,22 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
+def _client_session(settings: Settings) -> aiohttp.ClientSession:
+    """The session for every call to a device: descriptions, health, deploys, executions.
+
+    HTTPS devices are always verified: against ``--tls-ca`` when given, else against the
+    system trust store (aiohttp's default context). A device that fails verification is an
+    error, never retried over plain HTTP.
+    """
+    if settings.tls_ca is None:
+        return aiohttp.ClientSession()
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.tls_ca))
+    return aiohttp.ClientSession(connector=connector)
+
+
 async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[None]:
     store = Store(settings.state_dir)
-    session = aiohttp.ClientSession()
+    session = _client_session(settings)
     devices = DeviceRegistry()
     for doc in await store.all("devices"):
         devices.restore(doc["device"])
@@ -90,7 +109,12 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
     await modules.load()
     client = SupervisorClient(session, token=settings.token)
     deployments = Deployments(
-        store, modules, devices, client, lambda digest: f"{settings.base_url}/blobs/{digest}"
+        store,
+        modules,
+        devices,
+        client,
+        lambda digest: f"{settings.base_url}/blobs/{digest}",
+        drain_s=settings.execution_deadline_s,  # no execution runs longer
     )
 
     by_netloc: dict[str, tuple[str, int | None]] = {}
@@ -122,6 +146,7 @@ async def _lifecycle(app: web.Application, settings: Settings) -> AsyncIterator[
         interval_s=settings.health_interval_s,
         lost_after=settings.lost_after,
         back_after=settings.back_after,
+        token=settings.token,
     )
     app[CONTEXT] = Context(
         token=settings.token,

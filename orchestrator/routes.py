@@ -13,17 +13,18 @@ import asyncio
 import functools
 import hmac
 import ipaddress
+import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from orchestrator.deployments import Deployments, explain
+from orchestrator.deployments import Deployment, Deployments, explain
 from orchestrator.devices import DeviceRegistry
 from orchestrator.discovery import DeviceUnreachable, Discovery
 from orchestrator.errors import (
@@ -53,7 +54,7 @@ T = TypeVar("T")
 
 @dataclass
 class Context:
-    token: str | None
+    token: str | None = field(repr=False)  # never in a repr (logs, tracebacks)
     store: Store
     devices: DeviceRegistry
     discovery: Discovery
@@ -65,6 +66,7 @@ class Context:
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)
+_LOGGER = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
@@ -79,13 +81,26 @@ def reply(request: web.Request, obj: Any, status: int = 200) -> web.Response:
 
 
 def authorize(request: web.Request) -> None:
+    """Refuse a mutating request without the configured bearer token (no token = open).
+
+    Missing and wrong tokens are both 401. The refusal is logged with the route and peer,
+    never with what the client sent.
+    """
     token = ctx(request).token
     if token is None:
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()
     ):
+        _LOGGER.info(
+            "refused %s %s from %s: %s",
+            request.method,
+            request.path,
+            request.remote,
+            "wrong bearer token" if header else "no bearer token",
+        )
         raise Unauthorized("a valid bearer token is required for this route")
 
 
@@ -295,6 +310,7 @@ def _device_json(device: Any) -> dict[str, Any]:
         "zone": device.zone,
         "rttMs": device.rtt_ms,
         "health": device.health_report,
+        "lastError": device.last_error,
         "interfaces": sorted(device.view(0).interfaces),
         "events": device.events[-20:],
     }
@@ -312,17 +328,28 @@ async def get_device(request: web.Request) -> web.Response:
 
 
 class ManualDevice(msgspec.Struct, forbid_unknown_fields=True):
-    """``POST /devices``: where a device that mDNS cannot reach listens."""
+    """``POST /devices``: where a device that mDNS cannot reach listens (``tls``: over HTTPS)."""
 
     host: str | None = None
     port: int = 5000
     name: str | None = None
     addresses: list[str] = []
+    tls: bool = False
+
+    def https(self) -> bool:
+        return self.tls
 
 
 class ReferenceRegistration(ManualDevice, forbid_unknown_fields=False):
-    """The wasmiot reference supervisor's registration body (it also sends ``type`` and
-    ``properties``, which are ignored)."""
+    """The wasmiot reference supervisor's registration body: its ``properties`` are the mDNS
+    TXT record, whose ``tls`` says ``"1"`` for HTTPS (``type`` and the rest are ignored)."""
+
+    # Any shape is accepted, as before this field was read; only an object's ``tls`` counts.
+    properties: Any = None
+
+    def https(self) -> bool:
+        txt = self.properties if isinstance(self.properties, dict) else {}
+        return self.tls or str(txt.get("tls", "0")).strip() == "1"
 
 
 # An RFC 1123 host name (``_`` tolerated, as mDNS names carry it), with an optional final dot.
@@ -341,6 +368,19 @@ def check_host(value: str, field: str) -> None:
             ) from None
 
 
+def check_device_name(value: str) -> None:
+    """A device name is shown and becomes part of an id (``name:<instance>``), never a path;
+    still, one that looks like a path (``/``, ``\\``, ``..``) or carries control characters is
+    a 400, as the supervisor's and module names are refused."""
+    if (
+        not value.strip()
+        or len(value) > 255
+        or not value.isprintable()
+        or any(bad in value for bad in ("/", "\\", ".."))
+    ):
+        raise BadRequest(f"not a usable device name: {value[:80]!r}", field="name")
+
+
 async def _register(request: web.Request, kind: type[ManualDevice]) -> web.Response:
     authorize(request)
     c = ctx(request)
@@ -349,12 +389,14 @@ async def _register(request: web.Request, kind: type[ManualDevice]) -> web.Respo
         check_host(address, f"addresses[{i}]")
     if body.host:
         check_host(body.host, "host")
+    if body.name:  # empty: no name given
+        check_device_name(body.name)
     host = body.host or (body.addresses[0] if body.addresses else request.remote)
     if not host:
         raise BadRequest("host is required", field="host")
     try:
         device = await c.discovery.register_manual(
-            host, body.port, body.name, addresses=body.addresses or None
+            host, body.port, body.name, addresses=body.addresses or None, tls=body.https()
         )
     except ValueError as err:
         raise BadRequest(str(err), field="port") from err
@@ -481,9 +523,10 @@ async def submit(request: web.Request) -> web.Response:
     expected = if_match_param(request)
     manifest = await read_manifest(request)
     dep, added = await c.deployments.submit(manifest, expected)
-    if wait is not None and added:
-        await c.deployments.wait_settled(dep.id, dep.latest.number, wait)
-    status = 200 if not added else (201 if len(dep.revisions) == 1 else 202)
+    if wait is not None and added is not None:
+        await c.deployments.wait_settled(dep.id, added, wait)
+    # 201: this request created the deployment (even if a failover revision followed it).
+    status = 200 if added is None else (201 if added == 1 else 202)
     return reply(request, explain(dep), status=status)
 
 
@@ -518,13 +561,6 @@ async def execute(request: web.Request) -> web.Response:
     dep = c.deployments.get(request.match_info["id"])
     if dep.active is None:
         raise Unprocessable(f"deployment {dep.name} has no active revision yet", field="deployment")
-    rev = dep.revision(dep.active)
-    first_step = rev.manifest.sequence[0]
-    first_device = rev.placement.devices()[0] if rev.placement else None
-    if first_device is None:
-        raise Unprocessable("the active revision has no placement")
-    module = c.modules.resolve(first_step.module).name
-    endpoint = msgspec.to_builtins(rev.nodes[first_device].endpoints[module][first_step.func])
     args: dict[str, str] = {}
     files: dict[str, bytes] = {}
     if request.content_type.startswith("multipart/"):
@@ -536,18 +572,48 @@ async def execute(request: web.Request) -> web.Response:
             k: v if isinstance(v, str) else msgspec.json.encode(v).decode()
             for k, v in decoded.items()
         }
-    check_arguments(endpoint, args, files)
-    if "async" in request.query:
-        execution = c.executions.start(
+    # The slot waits while the devices change revision; the chain is read once it holds.
+    dep = await c.deployments.enter_execution(dep.id, c.execution_deadline_s)
+    handed_over = False
+    try:
+        endpoint = _first_endpoint(c, dep)
+        check_arguments(endpoint, args, files)
+        if "async" in request.query:
+            execution = c.executions.start(
+                dep.id,
+                endpoint,
+                args,
+                files,
+                deadline_s=c.execution_deadline_s,
+                on_done=lambda: c.deployments.leave_execution(dep.id),
+            )
+            handed_over = True
+            return reply(request, {"id": execution.id, "status": execution.status}, status=202)
+        execution = await c.executions.run(
             dep.id, endpoint, args, files, deadline_s=c.execution_deadline_s
         )
-        return reply(request, {"id": execution.id, "status": execution.status}, status=202)
-    execution = await c.executions.run(
-        dep.id, endpoint, args, files, deadline_s=c.execution_deadline_s
-    )
+    finally:
+        if not handed_over:
+            c.deployments.leave_execution(dep.id)
     return reply(
         request, msgspec.to_builtins(execution), status=200 if execution.status == "done" else 502
     )
+
+
+def _first_endpoint(c: Context, dep: Deployment) -> dict[str, Any]:
+    """The endpoint of the active revision's first step (where an execution starts)."""
+    if dep.active is None:
+        raise Unprocessable(f"deployment {dep.name} has no active revision yet", field="deployment")
+    rev = dep.revision(dep.active)
+    first_step = rev.manifest.sequence[0]
+    first_device = rev.placement.devices()[0] if rev.placement else None
+    if first_device is None:
+        raise Unprocessable("the active revision has no placement")
+    module = c.modules.resolve(first_step.module).name
+    endpoint: dict[str, Any] = msgspec.to_builtins(
+        rev.nodes[first_device].endpoints[module][first_step.func]
+    )
+    return endpoint
 
 
 def _fits(text: str, kind: str) -> bool:
@@ -654,6 +720,10 @@ _DEVICE_SCHEMA: dict[str, Any] = {
         "zone": {"type": ["string", "null"]},
         "rttMs": {"type": ["number", "null"]},
         "health": {"type": ["object", "null"]},
+        "lastError": {
+            "type": ["string", "null"],
+            "description": "why the latest health check failed (null after a good one)",
+        },
         "interfaces": {"type": "array", "items": {"type": "string"}},
         "events": {"type": "array", "items": {"type": "object"}},
         "description": {"type": "object", "description": "GET /devices/{id} only"},

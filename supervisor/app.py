@@ -34,6 +34,7 @@ from supervisor.routes import control, functions, meta
 from supervisor.routes.context import SERVICES, Services
 from supervisor.runtime import Runtime
 from supervisor.store import StateStore
+from supervisor.tls import client_context
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place errors become problem bodies; never a traceback on the wire."""
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        # Refused before a byte of it is read; aiohttp then discards the rest unbuffered.
+        limit = request.client_max_size
+        return problem(request, PayloadTooLarge(f"request body is larger than {limit} bytes"))
     try:
         return await handler(request)
     except SupervisorError as err:
@@ -103,11 +109,11 @@ def _registration_body(
         "host": addresses[0] if addresses else None,
         "addresses": addresses,
         "port": settings.port,
-        "protocol": "http",
+        "protocol": "https" if settings.tls else "http",
         "type": protocol.SERVICE_TYPE,
         "properties": {
             "path": "/",
-            "tls": "0",
+            "tls": "1" if settings.tls else "0",
             "address": addresses[0] if addresses else "",
             "id": device_id,
             "api": str(protocol.API_VERSION),
@@ -129,11 +135,23 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
+def _client_session(settings: Settings) -> aiohttp.ClientSession:
+    """The session for every outbound call: module downloads, next hops, registration.
+
+    HTTPS peers are always verified: against ``--tls-ca`` when given, else against the
+    system trust store (aiohttp's default context, so no second copy of it is loaded).
+    """
+    if settings.tls_ca is None:
+        return aiohttp.ClientSession()
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.tls_ca))
+    return aiohttp.ClientSession(connector=connector)
+
+
 async def _core(app: web.Application, settings: Settings) -> AsyncIterator[None]:
     """State, HTTP client, runtime, deployments (restored from disk) and the call service."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = StateStore(settings.state_dir / "state.json")
-    session = aiohttp.ClientSession()
+    session = _client_session(settings)
     drivers = build_drivers(settings.profile.drivers, settings.profile_dir)
     runtime = Runtime(settings.state_dir / "cache", drivers)
     executions: Executions | None = None
@@ -152,6 +170,8 @@ async def _core(app: web.Application, settings: Settings) -> AsyncIterator[None]
             metrics,
             default_timeout_ms=settings.default_timeout_ms,
             default_memory_bytes=settings.default_memory_bytes,
+            max_result_bytes=settings.max_result_bytes,
+            max_output_bytes=settings.max_output_bytes,
             outbound_timeout_s=settings.outbound_timeout_s,
         )
         history.on_evict = executions.discard_workdir
@@ -171,9 +191,10 @@ async def _core(app: web.Application, settings: Settings) -> AsyncIterator[None]
             orchestrator_url=(await store.device()).get("orchestratorUrl"),
         )
         _LOGGER.info(
-            "supervisor %s (%s) serving on %s:%d",
+            "supervisor %s (%s) serving %s on %s:%d",
             settings.name,
             device_id,
+            "https" if settings.tls else "http",
             settings.host,
             settings.port,
         )
@@ -202,6 +223,7 @@ async def _announce(app: web.Application, settings: Settings) -> AsyncIterator[N
         port=settings.port,
         device_id=svc.device_id,
         interfaces=list(settings.mdns_interfaces) if settings.mdns_interfaces else None,
+        tls=settings.tls,
     )
     announcing = asyncio.create_task(advertiser.start(), name="mdns-announce")
     announcing.add_done_callback(_log_failure)

@@ -24,6 +24,21 @@ def _problem(description: str) -> dict[str, Any]:
     return _json(_ref("Problem"), description)
 
 
+def _path(*names: str) -> list[dict[str, Any]]:
+    string = {"type": "string"}
+    return [{"name": n, "in": "path", "required": True, "schema": string} for n in names]
+
+
+def _file_responses() -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "the file's bytes; the type is guessed from its name",
+            "content": {"*/*": {}},
+        },
+        "404": _problem("no such file"),
+    }
+
+
 _OBJECT: dict[str, Any] = {"type": "object"}
 _WAIT = {
     "name": "wait",
@@ -122,8 +137,10 @@ def build_openapi() -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json(_OBJECT, "registered"),
-                    "400": _problem("bad url"),
+                    "400": _problem("malformed body or bad url"),
                     "401": _problem("token"),
+                    "413": _problem("body too large"),
+                    "422": _problem("a body of the wrong shape (url not a string)"),
                 },
             }
         },
@@ -146,6 +163,7 @@ def build_openapi() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("HistoryEntry"), "succeeded"),
                     "202": _json(_ref("HistoryEntry"), "still running; follow resultUrl"),
+                    "400": _problem("wait is not a number of seconds in range"),
                     "404": _problem("no such entry"),
                     "500": _json(_ref("HistoryEntry"), "the call failed (reference status)"),
                 },
@@ -154,7 +172,29 @@ def build_openapi() -> dict[str, Any]:
         "/module_results/{deployment}/{module}/{id}/{file}": {
             "get": {
                 "summary": "An output file of one call",
-                "responses": {"200": {"description": "file"}, "404": _problem("no such file")},
+                "parameters": _path("deployment", "module", "id", "file"),
+                "responses": _file_responses(),
+            }
+        },
+        "/module_results/{deployment}/{module}/{file}": {
+            "get": {
+                "summary": "An output file of the deployment's latest call that wrote it",
+                "parameters": _path("deployment", "module", "file"),
+                "responses": _file_responses(),
+            }
+        },
+        "/module_results/{module}/{file}": {
+            "get": {
+                "summary": "The reference's path: an output file of the module's latest call",
+                "parameters": _path("module", "file"),
+                "responses": _file_responses(),
+            }
+        },
+        "/{deployment}/modules/{module}/{function}/{file}": {
+            "get": {
+                "summary": "An output file of the function's latest call (reference path)",
+                "parameters": _path("deployment", "module", "function", "file"),
+                "responses": _file_responses(),
             }
         },
         "/metrics": {

@@ -353,7 +353,8 @@ def decode(body: bytes, type_: type[T], content_type: str = JSON) -> T:
             raw = msgspec.msgpack.decode(body)
         else:
             raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as err:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
+        # msgspec reports some invalid UTF-8 as a UnicodeDecodeError, not a DecodeError.
         raise ProtocolError(f"body is not valid {_kind(content_type)}: {err}", status=400) from err
     if not isinstance(raw, dict):
         raise ProtocolError("body must be an object", field="$", status=400)

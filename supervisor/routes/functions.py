@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from supervisor import protocol
 from supervisor.errors import BadRequest, NotFound, PayloadTooLarge
@@ -57,14 +58,7 @@ async def _read_inputs(request: web.Request) -> tuple[dict[str, str], dict[str, 
         return args, files
     try:
         if request.content_type == "multipart/form-data":
-            reader = await request.multipart()
-            async for part in reader:
-                if not isinstance(part, BodyPartReader) or not part.name:
-                    raise BadRequest("every multipart part needs a field name")
-                if part.filename is not None:
-                    files[part.name] = bytes(await part.read())
-                else:
-                    args[part.name] = await part.text()
+            await _read_form(request, args, files)
         elif request.content_type in {protocol.JSON, protocol.MSGPACK}:
             raw = await request.read()
             if raw:
@@ -77,9 +71,42 @@ async def _read_inputs(request: web.Request) -> tuple[dict[str, str], dict[str, 
         raise PayloadTooLarge("request body is too large", detail=err.text) from err
     except protocol.ProtocolError as err:
         raise BadRequest(str(err), field=err.field) from err
-    except ValueError as err:  # malformed multipart
+    except (ValueError, LookupError, RuntimeError, HttpProcessingError) as err:
+        # aiohttp's multipart reader signals malformed input with all of these (a part header
+        # that is not a header, an unknown charset or transfer encoding, a cut-off body).
         raise BadRequest(f"malformed request body: {err}") from err
     return args, files
+
+
+async def _read_form(request: web.Request, args: dict[str, str], files: dict[str, bytes]) -> None:
+    """A multipart/form-data body into text fields and files, each name at most once.
+
+    The whole body counts against the request size limit, read a chunk at a time (aiohttp
+    bounds each part only), so a many-part upload is refused without being held in memory.
+    """
+    limit = request.client_max_size
+    total = 0
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise BadRequest("every multipart part needs a field name")
+        name = part.name
+        if name in args or name in files:
+            raise BadRequest(f"the part {name[:80]!r} appears more than once", field=name)
+        data = bytearray()
+        while chunk := await part.read_chunk(1 << 16):
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            data += chunk
+        if part.filename is not None:
+            files[name] = bytes(data)  # as sent, like the chain's own uploads
+            continue
+        try:
+            args[name] = bytes(part.decode(data)).decode(part.get_charset(default="utf-8"))
+        except (UnicodeDecodeError, LookupError) as err:
+            message = f"the field {name[:80]!r} is not valid text: {err}"
+            raise BadRequest(message, field=name) from err
 
 
 def _result_url(request: web.Request, request_id: str) -> str:
