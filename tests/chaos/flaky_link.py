@@ -146,6 +146,12 @@ class FlakyLink:
         except OSError:
             client_w.transport.abort()  # the device itself is down: so is this connection
             return
+        if self._server is None:
+            # Went down while we connected upstream: down() could not see this pair, and a
+            # surviving keep-alive connection would carry checks through the "outage".
+            client_w.transport.abort()
+            device_w.transport.abort()
+            return
         self.connections += 1
         self._writers.update((client_w, device_w))
         pumps = [

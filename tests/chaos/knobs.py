@@ -64,7 +64,9 @@ CLIENT_IN_FLIGHT = 200
 CONCURRENCY_BUDGET_S = 240.0 * SCALE
 
 # test_flapping: a device behind a proxy whose health checks fail, flap or slow down.
-FLAP_BLIPS = 3 * SCALE  # runs of failed checks one short of lost_after (and short outages)
+# A soak repeats the outages; the blips and teases around each stay at most 3x, since
+# FLAP_OUTAGES x FLAP_BLIPS windows of about a second each would otherwise take 20 minutes.
+FLAP_BLIPS = 3 * min(SCALE, 3)  # runs of failed checks one short of lost_after (and short outages)
 FLAP_OUTAGES = 1 * SCALE  # real outages: lost, failed over, teased, back, moved back
 SLOW_CHECKS = 6 * SCALE  # health checks in a row answered slowly but within the timeout
 

@@ -24,10 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.chaos import knobs
 from tests.chaos.flaky_link import FlakyLink
 from tests.orchestration import Orchestrator, OrchestratorFactory
 from tests.support import SupervisorProcess
+
+# Soak runs scale the work, so they scale the per-test timeout with it.
+pytestmark = pytest.mark.timeout(knobs.TEST_TIMEOUT_S)
 
 HEALTH_TIMEOUT_S = 2.0  # the orchestrator's health-check timeout (HealthMonitor's default)
 PINNED = {"name": "pinned", "sequence": [{"module": "fibo", "func": "fibo", "device": "flaky"}]}
@@ -269,9 +274,14 @@ async def test_network_flapping_moves_the_deployment_once_per_real_outage(
 
             await until(moved_away, 15, "the pinned step failed over to steady")
             for _ in range(knobs.FLAP_BLIPS):  # brief returns: flaky must stay lost
+                # The script caps each return at one good check even when the event loop
+                # lags (a loaded soak run stretched `short` past several check rounds); the
+                # checks after it in the same window fail, as on a link that drops again.
+                link.script("." + "F" * 50)
                 await link.up()
                 await asyncio.sleep(short)
                 await link.down()
+                link.unscript()
                 await asyncio.sleep(settle)
                 teases += 1
             events = await r.status_events()

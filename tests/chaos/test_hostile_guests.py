@@ -47,6 +47,9 @@ from tests.support import (
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 MiB = 1024 * 1024
+# Soak runs scale the work, so they scale the per-test timeout with it.
+pytestmark = pytest.mark.timeout(knobs.TEST_TIMEOUT_S)
+
 DEP = "chaos"
 WAIT_S = 60  # ?wait= on every call: the reply carries the final entry
 RESULT_CAP = Settings.max_result_bytes  # the supervisor's defaults (the process runs with them)

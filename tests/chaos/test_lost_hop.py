@@ -37,6 +37,9 @@ from tests.daemons import fibo, get_json, post_json, until
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 INTERVAL, LOST_AFTER, HEALTH_TIMEOUT = 0.3, 2, 2.0
+# Soak runs scale the work, so they scale the per-test timeout with it.
+pytestmark = pytest.mark.timeout(knobs.TEST_TIMEOUT_S)
+
 DETECTION_S = INTERVAL * LOST_AFTER + HEALTH_TIMEOUT
 DEADLINE_S = 60.0
 ORCH_FLAGS = [
