@@ -146,7 +146,7 @@ class FlakyLink:
         except OSError:
             client_w.transport.abort()  # the device itself is down: so is this connection
             return
-        if self._server is None:
+        if not self.is_up:
             # Went down while we connected upstream: down() could not see this pair, and a
             # surviving keep-alive connection would carry checks through the "outage".
             client_w.transport.abort()
