@@ -29,6 +29,7 @@ import ssl
 from collections.abc import Mapping
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -96,6 +97,24 @@ def _watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
     return usec / 2 / 1_000_000 if usec > 0 else None
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request its HTTP parser refuses (a line or header too long, bad bytes)
+    at ERROR with a traceback; a client's malformed bytes are not a fault of ours. Keep one
+    INFO line naming the kind of refusal, never the bytes (they may hold a header's value)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused a malformed request (%s, HTTP %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_MALFORMED = _MalformedRequests()
+
+
 async def _ping_watchdog(notifier: Notifier, interval_s: float) -> None:
     """``WATCHDOG=1`` every ``interval_s`` until cancelled; runs on the loop it vouches for."""
     while True:
@@ -142,6 +161,7 @@ async def serve(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # idempotent: one instance
     runner = web.AppRunner(
         app,
         access_log=None,
