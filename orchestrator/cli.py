@@ -15,11 +15,15 @@ Commands::
     baton devices register HOST [--port P] [--name N] [--tls]
     baton modules push DIR_OR_WASM [--name N] [--version V] [--functions F] [--file m=path]
     baton modules list
-    baton deploy FILE [--dry-run] [--wait S] [--if-match REV]
+    baton app build DIR [-o OUT] [--no-scripts] | validate IMAGE_OR_DIR | push IMAGE
+    baton app list | show NAME[@VERSION]
+    baton env list | show NAME | set NAME [--label K=V] [--zone Z] [--timeout-ms N] … | delete NAME
+    baton deploy FILE [--dry-run] [--wait S] [--if-match REV]   (a manifest or a descriptor)
     baton deployments
     baton status ID
     baton run ID [--arg k=v ...] [--file mount=path ...] [--async]
     baton trace EXEC_ID
+    baton results [DEPLOYMENT] [--limit N] [--after SEQ] [--clear]
     baton undeploy ID
     baton simulate [--profile FILE ...] [--count N] [--base-port P] [--state-root DIR]
                    [--orchestrator URL] [--mdns] [--name-prefix P] [--ready-file PATH]
@@ -48,7 +52,7 @@ from typing import Any, cast
 
 import msgspec
 
-from orchestrator import simulate
+from orchestrator import cli_app, cli_env, cli_results, simulate
 from orchestrator.client import (
     JSON,
     TOML,
@@ -278,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_pair("--file", "MOUNT=PATH"),
         help="a data file for a deployment-stage mount (repeatable)",
     )
+
+    cli_app.add_commands(command)  # baton app build|validate|push|list|show
+    cli_env.add_commands(command)  # baton env list|show|set|delete
+    cli_results.add_commands(command)  # baton results [DEPLOYMENT]
 
     deploy = command("deploy", cmd_deploy, "deploy a manifest (.json or .toml)")
     deploy.add_argument("manifest", metavar="FILE")
@@ -838,23 +846,30 @@ def format_status(dep: Deployment) -> str:
     placement = dep.get("placement")
     names = _names(placement.get("steps", [])) if placement else {}
     lines += ["", "PLACEMENT"]
+    if placement and len(dep.get("partitions") or []) > 1:
+        placement = cast(Placement, {**placement, "partitions": dep.get("partitions")})
     lines.append(explain_placement(placement) if placement else "  not placed yet")
     jobs = dep.get("jobs") or {}
     lines += ["", "JOBS"]
     if jobs:
         rows = []
-        for device, job in sorted(jobs.items()):
+        # A job key is the device id, "#<k>" added for partition k >= 1.
+        parted = any("#" in key for key in jobs)
+        for key, job in sorted(jobs.items()):
+            device, _, partition = key.partition("#")
             scheduled, current = _digest(job.get("scheduled")), _digest(job.get("current"))
             rows.append(
                 [
                     names.get(device, ""),
                     _short(device),
+                    *([partition or "0"] if parted else []),
                     _short(scheduled) or "-",
                     _short(current) or "-",
                     "yes" if scheduled == current else "no",
                 ]
             )
-        lines.append(_indent(table(["DEVICE", "ID", "SCHEDULED", "CURRENT", "IN SYNC"], rows)))
+        head = ["DEVICE", "ID", *(["PARTITION"] if parted else []), "SCHEDULED", "CURRENT"]
+        lines.append(_indent(table([*head, "IN SYNC"], rows)))
     else:
         lines.append("  none")
     revisions = dep.get("revisions") or []
@@ -944,7 +959,19 @@ def explain_placement(result: PlacementResult) -> str:
             else f"step {step.get('index', '?')}  {step.get('module', '?')}.{step.get('func', '?')}"
             f"  -> {_short(device)}"
         )
+        if step.get("kept"):
+            head += "  (kept: it runs there now and still qualifies)"
         blocks.append(head + "\n" + _indent(candidate_table(step.get("candidates", []), device)))
+    partitions = cast(Placement, result).get("partitions") or []
+    if len(partitions) > 1:
+        blocks.append(
+            "partitions (the explanation above is partition 0's):\n"
+            + "\n".join(
+                f"  {p.get('partition', '?')}: "
+                + " -> ".join(names.get(d, _short(d)) for d in p.get("devices", []))
+                for p in partitions
+            )
+        )
     return "\n\n".join(blocks) if blocks else "no steps"
 
 

@@ -108,11 +108,18 @@ class StepPlacement(TypedDict, total=False):
     func: str
     device: str
     candidates: list[Candidate]
+    kept: bool
+
+
+class PartitionDevices(TypedDict, total=False):
+    partition: int
+    devices: list[str]
 
 
 class Placement(TypedDict, total=False):
     type: Literal["placement"]
     steps: list[StepPlacement]
+    partitions: list[PartitionDevices]
 
 
 class Infeasible(TypedDict, total=False):
@@ -156,6 +163,7 @@ class Deployment(TypedDict, total=False):
     state: str
     active: int | None
     placement: Placement | None
+    partitions: list[PartitionDevices]
     error: str | None
     failedStep: str | None
     timings: dict[str, float]
@@ -332,7 +340,59 @@ class OrchestratorClient:
     async def get_module(self, ref: str) -> ModuleRecord:
         return cast(ModuleRecord, _object(await self._checked("GET", f"/modules/{_seg(ref)}")))
 
+    # --- applications -------------------------------------------------------------------------
+
+    async def push_app(self, data: bytes) -> dict[str, Any]:
+        """Upload an app image (zip bytes); the answer says ``created`` false for known bytes."""
+        status, body = await self._request(
+            "POST", "/apps", data=data, headers={"Content-Type": "application/zip"}
+        )
+        _raise_for(status, body)
+        return _object(body)
+
+    async def list_apps(self) -> list[dict[str, Any]]:
+        return _objects(await self._checked("GET", "/apps"))
+
+    async def get_app(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``{name, versions: [...]}``, or one version's detail when ``version`` is given."""
+        path = f"/apps/{_seg(name)}" + ("" if version is None else f"/{_seg(version)}")
+        return _object(await self._checked("GET", path))
+
+    # --- environments -----------------------------------------------------------------------
+
+    async def list_environments(self) -> list[dict[str, Any]]:
+        return _objects(await self._checked("GET", "/environments"))
+
+    async def get_environment(self, name: str) -> dict[str, Any]:
+        return _object(await self._checked("GET", f"/environments/{_seg(name)}"))
+
+    async def put_environment(self, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or replace an environment (labels, zones, limits, description)."""
+        path = f"/environments/{_seg(name)}"
+        return _object(await self._checked("PUT", path, json_body=dict(spec)))
+
+    async def delete_environment(self, name: str) -> dict[str, Any]:
+        return _object(await self._checked("DELETE", f"/environments/{_seg(name)}"))
+
     # --- placements and deployments ---------------------------------------------------------
+
+    # --- results (datalist) -----------------------------------------------------------------
+
+    async def result_counts(self) -> dict[str, int]:
+        """Deployment id → number of results stored (``GET /results``)."""
+        body = _object(await self._checked("GET", "/results"))
+        return {str(k): int(v) for k, v in body.items()}
+
+    async def get_results(
+        self, deployment: str, *, limit: int | None = None, after: int | None = None
+    ) -> dict[str, Any]:
+        """``{deployment, name, count, entries}`` of one deployment (by id or name)."""
+        params = {k: str(v) for k, v in (("limit", limit), ("after", after)) if v is not None}
+        path = f"/results/{_seg(deployment)}"
+        return _object(await self._checked("GET", path, params=params or None))
+
+    async def clear_results(self, deployment: str) -> dict[str, Any]:
+        return _object(await self._checked("DELETE", f"/results/{_seg(deployment)}"))
 
     async def place(
         self, manifest: bytes | Mapping[str, Any], content_type: str = JSON

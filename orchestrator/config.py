@@ -13,9 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.environments import EnvironmentFileError, load_environments_file
 from orchestrator.tls import TlsError, client_context, server_context
 
 DEFAULT_PORT = 3000  # the wasmiot reference orchestrator's port
+# The built-in apps shipped with the package (orchestrator/builtin/<app>/), deployed at start.
+BUILTIN_APPS = Path(__file__).resolve().parent / "builtin"
 
 
 class ConfigError(ValueError):
@@ -43,6 +46,11 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     shutdown_timeout_s: float = 10.0
     log_level: str = "INFO"
+    # TOML file of environments loaded at start-up; it wins over stored ones of the same name.
+    environments_file: Path | None = None
+    # Folder of built-in apps deployed at start-up (and with them the core device that runs
+    # their packages); None disables both.
+    builtin_apps: Path | None = BUILTIN_APPS
 
     @property
     def tls(self) -> bool:
@@ -106,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds in-flight requests get to finish on SIGTERM (default 10; "
         "env BATON_SHUTDOWN_TIMEOUT)",
+    )
+    p.add_argument(
+        "--environments",
+        metavar="FILE",
+        help="TOML file of environments loaded at start-up, winning over stored ones of the "
+        "same name (env BATON_ENVIRONMENTS)",
+    )
+    p.add_argument(
+        "--builtin-apps",
+        metavar="DIR",
+        help="folder of built-in apps deployed at start-up (env BATON_BUILTIN_APPS; default: "
+        "the ones shipped with Baton; an empty value disables them and the core device)",
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     return p
@@ -189,6 +209,14 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     ):
         if value is not None and not (0 < value < float("inf")):
             raise ConfigError(f"{flag} must be a positive number of seconds, got {value}")
+    environments_text = args.environments or env.get("BATON_ENVIRONMENTS") or None
+    environments_file = Path(environments_text) if environments_text else None
+    if environments_file is not None:
+        # Read now: a missing or invalid file is a configuration error, before anything starts.
+        try:
+            load_environments_file(environments_file)
+        except EnvironmentFileError as err:
+            raise ConfigError(str(err)) from err
     return Settings(
         state_dir=Path(state) if state else Path.home() / ".local/state/baton-orchestrator",
         port=port,
@@ -206,8 +234,23 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         reconcile_interval_s=args.reconcile_interval or 10.0,
         execution_deadline_s=args.execution_deadline or 60.0,
         shutdown_timeout_s=shutdown_timeout,
+        environments_file=environments_file,
+        builtin_apps=_builtin_apps(args.builtin_apps, env),
         log_level=(args.log_level or env.get("BATON_LOG_LEVEL") or "INFO").upper(),
     )
+
+
+def _builtin_apps(flag: str | None, env: Mapping[str, str]) -> Path | None:
+    """``--builtin-apps`` > ``BATON_BUILTIN_APPS`` > the packaged folder; empty disables."""
+    text = flag if flag is not None else env.get("BATON_BUILTIN_APPS")
+    if text is None:
+        return BUILTIN_APPS
+    if not text.strip():
+        return None
+    path = Path(text)
+    if not path.is_dir():
+        raise ConfigError(f"--builtin-apps (BATON_BUILTIN_APPS) {text!r} is not a folder")
+    return path
 
 
 def settings_from_environment(argv: Sequence[str]) -> Settings:

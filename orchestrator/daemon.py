@@ -1,6 +1,8 @@
 """``baton-orchestrator``: parse settings, set up logging, serve until SIGTERM/SIGINT.
 
-Exit status: 0 after a graceful stop, 2 for unusable settings (the message on stderr).
+Exit status: 0 after a graceful stop, 2 for unusable settings or a start-up that cannot go on
+(the state was written by a newer orchestrator, a built-in app is refused): one line on
+stderr naming the cause.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from orchestrator.app import build_app
+from orchestrator.bootstrap import BootstrapError
 from orchestrator.config import ConfigError, settings_from_environment
 from orchestrator.service import serve
 from orchestrator.tls import TlsError, server_context
@@ -33,15 +36,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # SIGTERM starts a graceful shutdown bounded by shutdown_timeout. Under systemd, serve()
     # also reports readiness, pings the watchdog and announces the stop.
-    asyncio.run(
-        serve(
-            build_app(settings),
-            host=settings.host,
-            port=settings.port,
-            shutdown_timeout_s=settings.shutdown_timeout_s,
-            status=f"serving on {settings.host}:{settings.port}"
-            + (" (https)" if ssl_context is not None else ""),
-            ssl_context=ssl_context,
+    try:
+        asyncio.run(
+            serve(
+                build_app(settings),
+                host=settings.host,
+                port=settings.port,
+                shutdown_timeout_s=settings.shutdown_timeout_s,
+                status=f"serving on {settings.host}:{settings.port}"
+                + (" (https)" if ssl_context is not None else ""),
+                ssl_context=ssl_context,
+            )
         )
-    )
+    except BootstrapError as err:
+        # Start-up stopped before anything was served (see orchestrator.bootstrap).
+        logging.getLogger("orchestrator").error("start-up failed: %s", err)
+        return 2
     return 0

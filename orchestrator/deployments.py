@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from orchestrator import lifecycle, plan
+from orchestrator import jobs, lifecycle, plan
 from orchestrator.devices import Device, DeviceRegistry
 from orchestrator.errors import (
     Conflict,
@@ -38,10 +39,16 @@ from orchestrator.errors import (
     Unprocessable,
 )
 from orchestrator.lifecycle import Event, State, Transition
-from orchestrator.manifests import ManifestError, check_references, manifest_digest
+from orchestrator.manifests import (
+    ManifestError,
+    check_references,
+    immutable_change,
+    manifest_digest,
+)
 from orchestrator.model import DeviceView, Manifest
 from orchestrator.modules import ModuleRegistry
-from orchestrator.placement import Infeasible, Placement, place
+from orchestrator.partitions import choose_partition, place_partitions
+from orchestrator.placement import Infeasible, Placement
 from orchestrator.solution import build_nodes
 from orchestrator.store import Store
 from orchestrator.supervisor_client import SupervisorClient
@@ -56,8 +63,9 @@ class Revision(msgspec.Struct):
     manifest: Manifest
     digest: str
     state: State = State.QUEUED
-    placement: Placement | None = None
-    nodes: dict[str, DeploymentNode] = {}  # device id -> mini-manifest
+    placement: Placement | None = None  # partition 0
+    more: list[Placement] = []  # partitions 1.. (``Manifest.partitions`` > 1)
+    nodes: dict[str, DeploymentNode] = {}  # job key (``orchestrator.jobs``) -> mini-manifest
     node_digests: dict[
         str, str | None
     ] = {}  # device id -> digest it acknowledged (None: reference)
@@ -66,6 +74,14 @@ class Revision(msgspec.Struct):
     timings: dict[str, float] = {}  # plan step id -> seconds
     settled: bool = False  # the whole plan (or its rollback) has run, cleanup included
     cause: str | None = None  # why the orchestrator itself made this revision (failover)
+
+    def placements(self) -> list[Placement]:
+        """Every partition's placement, partition 0 first (empty before planning)."""
+        return [] if self.placement is None else [self.placement, *self.more]
+
+    def devices(self) -> set[str]:
+        """The devices this revision puts something on."""
+        return {jobs.device_of(key) for key in self.nodes}
 
 
 class Deployment(msgspec.Struct):
@@ -180,6 +196,8 @@ class Deployments:
         # Held while a revision is applied, and by the reconciler while it changes a device
         # for the deployment: the two never push to one device at once.
         self._locks: dict[str, asyncio.Lock] = {}
+        self._turns: dict[str, int] = {}  # deployment id -> executions started (round robin)
+        self._unfinished: list[tuple[str, int]] = []  # found by load(), until resume()
 
     # --- queries -------------------------------------------------------------------------
 
@@ -204,24 +222,26 @@ class Deployments:
         counts: dict[str, int] = {}
         for dep in self._deployments.values():
             if dep.active is not None and dep.id != exclude:
-                for device in dep.revision(dep.active).nodes:
+                for key in dep.revision(dep.active).nodes:
+                    device = jobs.device_of(key)
                     counts[device] = counts.get(device, 0) + 1
         return counts
 
     def desired_for(self, device_id: str) -> tuple[dict[str, tuple[str, DeploymentNode]], set[str]]:
-        """What ``device_id`` should run (deployment id → (digest, node)), and the deployments
-        whose revision is being applied right now (their plan owns the device meanwhile)."""
+        """What ``device_id`` should run (device-side deployment id → (digest, node)), and the
+        device-side ids of deployments whose revision is being applied right now (their plan
+        owns the device meanwhile). Device-side ids are per partition (``orchestrator.jobs``)."""
         desired: dict[str, tuple[str, DeploymentNode]] = {}
         busy: set[str] = set()
         for dep in self._deployments.values():
             if not dep.latest.settled:
-                busy.add(dep.id)
+                busy.update(jobs.remote_id(dep.id, k) for k in range(_partitions(dep)))
                 continue
             if dep.active is None:
                 continue
-            node = dep.revision(dep.active).nodes.get(device_id)
-            if node is not None:
-                desired[dep.id] = (_node_key(node), node)
+            for key, node in dep.revision(dep.active).nodes.items():
+                if jobs.device_of(key) == device_id:
+                    desired[node.deploymentId] = (_node_key(node), node)
         return desired, busy
 
     async def fail_over(self, device_id: str) -> list[str]:
@@ -232,8 +252,8 @@ class Deployments:
         for dep in list(self._deployments.values()):
             if self._deployments.get(dep.id) is not dep:
                 continue  # deleted while an earlier one was resubmitted
-            active = dep.active is not None and device_id in dep.revision(dep.active).nodes
-            applying = not dep.latest.settled and device_id in dep.latest.nodes
+            active = dep.active is not None and device_id in dep.revision(dep.active).devices()
+            applying = not dep.latest.settled and device_id in dep.latest.devices()
             if active or applying:
                 await self._resubmit(dep, f"failover: device {device_id} lost")
                 moved.append(dep.id)
@@ -250,7 +270,7 @@ class Deployments:
                 continue
             rev = dep.revision(dep.active)
             pinned = any(s.device in {device.id, device.name} for s in rev.manifest.sequence)
-            if pinned and device_id not in rev.nodes:
+            if pinned and device_id not in rev.devices():
                 await self._resubmit(dep, f"move back: device {device.name} is healthy again")
                 moved.append(dep.id)
         return moved
@@ -274,7 +294,7 @@ class Deployments:
             return  # deleted meanwhile
         if queue is not None and not queue.pending.empty():
             return  # a later revision is queued: it is checked when it settles
-        for device_id in rev.nodes:
+        for device_id in sorted(rev.devices()):
             device = self._devices.find(device_id)
             if device is not None and device.health.status == "lost":
                 await self._resubmit(dep, f"failover: device {device_id} lost")
@@ -283,7 +303,7 @@ class Deployments:
             if device.health.status != "healthy" or device.cordoned:
                 continue
             if any(s.device in {device.id, device.name} for s in rev.manifest.sequence) and (
-                device.id not in rev.nodes
+                device.id not in rev.devices()
             ):
                 await self._resubmit(dep, f"move back: device {device.name} is healthy again")
                 return
@@ -300,9 +320,8 @@ class Deployments:
             if not rev.settled:
                 continue  # a revision being applied still needs all of it
             if rev.placement is not None and any(s.candidates for s in rev.placement.steps):
-                rev.placement = Placement(
-                    steps=[msgspec.structs.replace(s, candidates=[]) for s in rev.placement.steps]
-                )
+                rev.placement = _without_candidates(rev.placement)
+                rev.more = [_without_candidates(p) for p in rev.more]
             if rev.number != dep.active:
                 rev.nodes = {}
 
@@ -348,6 +367,24 @@ class Deployments:
             raise NotFound(f"no deployment {key!r}", field="deployment")
         return dep
 
+    def entry(self, dep: Deployment) -> tuple[int, str]:
+        """Where the next execution of ``dep`` starts: ``(partition, job key of its first
+        step)`` in the active revision. Executions take the partitions whose devices are all
+        healthy in turn (round robin), so N partitions share the load and a lost device's
+        partition is skipped until failover has re-placed it."""
+        if dep.active is None:
+            raise Unprocessable(
+                f"deployment {dep.name} has no active revision yet", field="deployment"
+            )
+        chains = [p.devices() for p in dep.revision(dep.active).placements()]
+        if not chains:
+            raise Unprocessable("the active revision has no placement", field="deployment")
+        unhealthy = {d.id for d in self._devices.all() if d.health.status != "healthy"}
+        turn = self._turns.get(dep.id, 0)
+        self._turns[dep.id] = turn + 1
+        k = choose_partition(chains, unhealthy, turn)
+        return k, jobs.job_key(chains[k][0], k)
+
     def leave_execution(self, dep_id: str) -> None:
         gate = self._gates.get(dep_id)
         if gate is not None:
@@ -362,7 +399,7 @@ class Deployments:
         while it changes a device for it. Yields False, holding nothing, when a revision is
         being applied right now (that plan owns the devices; the next cycle looks again).
         Re-read :meth:`desired_for` inside: it may have changed while the caller waited."""
-        lock = self._lock(dep_id)
+        lock = self._lock(jobs.parent_deployment(dep_id)[0])  # a device-side id is fine too
         if lock.locked():
             yield False
             return
@@ -382,8 +419,10 @@ class Deployments:
 
     # --- commands ------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Restore deployments and resume every revision that was not finished."""
+    async def load(self, *, resume: bool = True) -> None:
+        """Restore deployments; every revision that was not finished is resumed now, or with
+        ``resume=False`` by :meth:`resume` (once the API listens: a resumed push makes
+        devices download blobs from it)."""
         for doc in await self._store.all("deployments"):
             dep = msgspec.convert(doc["deployment"], Deployment)
             self._deployments[dep.id] = dep
@@ -392,7 +431,17 @@ class Deployments:
                     if rev.state in {State.DEPLOYING, State.FAILED}:
                         # A crash left the devices mid-change: no execution until it is over.
                         self._gate(dep.id).hold()
-                    self._enqueue(dep, rev.number)
+                    self._unfinished.append((dep.id, rev.number))
+        if resume:
+            self.resume()
+
+    def resume(self) -> None:
+        """Apply the revisions :meth:`load` found unfinished (each once)."""
+        unfinished, self._unfinished = self._unfinished, []
+        for dep_id, number in unfinished:
+            dep = self._deployments.get(dep_id)
+            if dep is not None:
+                self._enqueue(dep, number)
 
     async def submit(
         self, manifest: Manifest, if_match: int | None = None
@@ -421,6 +470,15 @@ class Deployments:
                 )
             if dep.latest.digest == digest and dep.latest.state not in lifecycle.TERMINAL:
                 return dep, None
+            changed = immutable_change(dep.latest.manifest, manifest)
+            if changed is not None:
+                was = getattr(dep.latest.manifest, changed)
+                raise Conflict(
+                    f"{changed} cannot change once deployed (it is {was!r}, the request asks for "
+                    f"{getattr(manifest, changed)!r}); undeploy {dep.name} first",
+                    field=changed,
+                    detail={"field": changed, "deployed": was},
+                )
         self._compact(dep)
         revision = Revision(number=len(dep.revisions) + 1, manifest=manifest, digest=digest)
         dep.revisions.append(revision)
@@ -442,7 +500,7 @@ class Deployments:
             hosts |= set(dep.latest.nodes)
         async with self._lock(dep.id):  # and no reconciler push for it is in flight
             results = await asyncio.gather(
-                *(self._remove_from(dev, dep.id) for dev in sorted(hosts)),
+                *(self._remove_job(dep.id, key) for key in sorted(hosts)),
                 return_exceptions=True,
             )
         for result in results:
@@ -453,6 +511,7 @@ class Deployments:
                 raise result
         del self._deployments[dep.id]
         self._locks.pop(dep.id, None)
+        self._turns.pop(dep.id, None)
         gate = self._gates.pop(dep.id, None)
         if gate is not None:
             gate.open()  # waiting executions wake up and find it gone
@@ -540,16 +599,31 @@ class Deployments:
         load = self.load_by_device(exclude=dep.id)
         views = [d.view(load.get(d.id, 0)) for d in self._devices.all()]
         # Pure and CPU-bound (~0.1 s for 10,000 devices): off the event loop.
+        keep: list[list[str]] = []
+        if rev.cause is not None and dep.active is not None:
+            # The orchestrator's own revision (failover, move back): what is fine stays put.
+            keep = [p.devices() for p in dep.revision(dep.active).placements()]
         result = await asyncio.to_thread(
-            place, _relax_lost_pins(rev.manifest, views), modules, views
+            functools.partial(
+                place_partitions, _relax_lost_pins(rev.manifest, views), modules, views, keep=keep
+            )
         )
         if isinstance(result, Infeasible):
             raise Unprocessable(result.message, detail=msgspec.to_builtins(result))
-        rev.placement = result
+        rev.placement, rev.more = result[0], result[1:]
         urls = {d.id: d.url for d in self._devices.all()}
-        rev.nodes = build_nodes(
-            dep.id, rev.manifest, result.devices(), modules, urls, self._blob_url
-        )
+        nodes: dict[str, DeploymentNode] = {}
+        for k, placement in enumerate(result):
+            built = build_nodes(
+                jobs.remote_id(dep.id, k),
+                rev.manifest,
+                placement.devices(),
+                modules,
+                urls,
+                self._blob_url,
+            )
+            nodes.update({jobs.job_key(device, k): node for device, node in built.items()})
+        rev.nodes = nodes
 
     def _keys(self, dep: Deployment, number: int | None) -> dict[str, str]:
         """device id -> digest of the mini-manifest revision ``number`` puts there."""
@@ -613,7 +687,7 @@ class Deployments:
                 # After the switch the revision stands; a device that cannot be emptied now
                 # (e.g. it is down) is emptied by the reconciler when it answers again.
                 try:
-                    await self._remove_from(step.device, dep.id)
+                    await self._remove_job(dep.id, step.device)
                 except OrchestratorError as err:
                     _LOGGER.warning(
                         "leaving %s on %s for the reconciler: %s",
@@ -622,16 +696,18 @@ class Deployments:
                         err.message,
                     )
             elif step.device:
-                device_id = step.device
+                key = step.device  # a job key: the device, and the partition it is for
+                device_id, partition = jobs.parse_job_key(key)
                 if step.kind == "push":
-                    node = nodes[device_id]
-                    rev.node_digests[device_id] = await self._patiently(
+                    node = nodes[key]
+                    rev.node_digests[key] = await self._patiently(
                         device_id, lambda device: self._client.deploy(device, node)
                     )
                 else:
-                    digest = rev.node_digests.get(device_id)
+                    digest = rev.node_digests.get(key)
+                    remote = jobs.remote_id(dep.id, partition)
                     await self._patiently(
-                        device_id, lambda device: self._client.verify(device, dep.id, digest)
+                        device_id, lambda device: self._client.verify(device, remote, digest)
                     )
         finally:
             rev.timings[step.id] = round(time.perf_counter() - started, 4)
@@ -669,6 +745,10 @@ class Deployments:
         gate = self._gates.get(dep.id)
         if gate is not None:
             gate.open()  # every device runs this revision: executions may follow its chain
+
+    async def _remove_job(self, dep_id: str, key: str) -> None:
+        device_id, partition = jobs.parse_job_key(key)
+        await self._remove_from(device_id, jobs.remote_id(dep_id, partition))
 
     async def _remove_from(self, device_id: str, dep_id: str) -> None:
         try:
@@ -728,6 +808,18 @@ def _relax_lost_pins(manifest: Manifest, views: list[DeviceView]) -> Manifest:
     return msgspec.structs.replace(manifest, sequence=steps)
 
 
+def _partitions(dep: Deployment) -> int:
+    """The most partitions any revision of ``dep`` that may be on devices has."""
+    numbers = [dep.latest.manifest.partitions]
+    if dep.active is not None:
+        numbers.append(dep.revision(dep.active).manifest.partitions)
+    return max(numbers)
+
+
+def _without_candidates(placement: Placement) -> Placement:
+    return Placement(steps=[msgspec.structs.replace(s, candidates=[]) for s in placement.steps])
+
+
 def _node_key(node: DeploymentNode) -> str:
     """A stable digest of a mini-manifest (what plan_apply compares between revisions)."""
     return hashlib.sha256(
@@ -745,6 +837,9 @@ def explain(dep: Deployment) -> Mapping[str, Any]:
         "state": latest.state,
         "active": dep.active,
         "placement": msgspec.to_builtins(latest.placement) if latest.placement else None,
+        "partitions": [
+            {"partition": k, "devices": p.devices()} for k, p in enumerate(latest.placements())
+        ],
         "error": latest.error,
         "failedStep": latest.failed_step,
         "timings": latest.timings,

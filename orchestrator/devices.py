@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from orchestrator.errors import NotFound
+from orchestrator.errors import Conflict, NotFound
 from orchestrator.health import HealthState
 from orchestrator.model import DeviceView
 
@@ -131,6 +131,9 @@ class Device(msgspec.Struct):
     tls: bool = False  # mDNS TXT tls=1
     checked_at: float | None = None  # clock() of the last health check, whatever its outcome
     last_error: str | None = None  # why the last failed check failed
+    # The orchestrator itself (orchestrator.core_device): never health-checked, never lost,
+    # and its id is reserved (no supervisor can take it over).
+    core: bool = False
 
     @property
     def url(self) -> str:
@@ -171,6 +174,7 @@ class Device(msgspec.Struct):
             memory=_fraction(report.get("memoryUsage"), percent=False),
             rtt_ms=self.rtt_ms,
             deployments=deployments,
+            core=self.core,
         )
 
 
@@ -257,6 +261,11 @@ class DeviceRegistry:
             "zone": zone if isinstance(zone, str) else None,
         }
         device = self._devices.get(device_id)
+        if device is not None and device.core:
+            # Taking over the orchestrator's own id would reroute its built-in packages.
+            raise Conflict(
+                f"device id {device_id!r} is reserved for the orchestrator itself", field="id"
+            )
         if device is None:
             device = Device(id=device_id, host=host, port=port, addresses=addrs, tls=tls, **fields)
             device.mdns_name = mdns_name
@@ -280,6 +289,18 @@ class DeviceRegistry:
             self._record(device, "address-changed", f"{old_url} -> {device.url}", notify=True)
         elif changed:
             self._record(device, "updated", "description changed", notify=True)
+        return device
+
+    def add_core(self, device: Device) -> Device:
+        """Install the orchestrator's own core device (``device.core`` set), replacing any
+        stored copy: it is rebuilt from the settings at every start. Listeners are not told
+        (it is not discovered, and its record need not be persisted)."""
+        device.core = True
+        stored = self._devices.get(device.id)
+        if stored is not None and stored.core:
+            # An operator's cordon (persisted with its events) outlives the restart.
+            device.cordoned, device.events = stored.cordoned, stored.events
+        self._devices[device.id] = device
         return device
 
     def cordon(self, device_id: str) -> Device:

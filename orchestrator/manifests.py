@@ -33,7 +33,8 @@ __all__ = [
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # Fields that may not change between revisions of one deployment (409 when they do).
-IMMUTABLE_FIELDS: tuple[str, ...] = ("name",)
+IMMUTABLE_FIELDS: tuple[str, ...] = ("name", "partitions", "app")
+MAX_PARTITIONS = 64
 
 _JSON = "application/json"
 _MSGPACK = "application/msgpack"
@@ -115,6 +116,8 @@ def _validate(manifest: Manifest) -> None:
         )
     if not manifest.sequence:
         raise ManifestError("sequence", "must list at least one step")
+    if not 1 <= manifest.partitions <= MAX_PARTITIONS:
+        raise ManifestError("partitions", f"must be between 1 and {MAX_PARTITIONS}")
     for key, limits in manifest.limits.items():
         for attr in Limits.__struct_fields__:
             value = getattr(limits, attr)
@@ -163,8 +166,16 @@ def manifest_digest(manifest: Manifest) -> str:
 
 
 def immutable_change(old: Manifest, new: Manifest) -> str | None:
-    """The first field of :data:`IMMUTABLE_FIELDS` whose value differs, or None."""
+    """The first field of :data:`IMMUTABLE_FIELDS` whose value differs, or None.
+
+    ``app`` compares the application *name*: a new version of the same app is the next
+    revision, another app under the same deployment name is a conflict.
+    """
     for field in IMMUTABLE_FIELDS:
-        if getattr(old, field) != getattr(new, field):
+        before, after = getattr(old, field), getattr(new, field)
+        if field == "app":
+            before = before.partition("@")[0] if before else before
+            after = after.partition("@")[0] if after else after
+        if before != after:
             return field
     return None

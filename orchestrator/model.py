@@ -43,6 +43,11 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
     ``spread`` asks placement to put each step on a different device when another feasible
     one exists (spreading a pipeline's work over small devices), instead of the default
     preference for keeping consecutive steps on one device.
+
+    ``partitions`` runs that many independent copies of the whole chain, on distinct devices
+    where the fleet allows; executions are spread over the healthy ones. ``app`` names the
+    application a deployment descriptor derived this manifest from. Neither may change once
+    deployed (409).
     """
 
     name: str
@@ -50,6 +55,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
     constraints: Constraints = Constraints()
     limits: dict[str, Limits] = {}  # "module.func" -> limits
     spread: bool = False
+    partitions: int = 1
+    app: str | None = None
 
 
 class Mount(msgspec.Struct, frozen=True):
@@ -86,6 +93,9 @@ class ModuleRecord(msgspec.Struct, frozen=True):
     exports: dict[str, int]  # exported function name -> number of Wasm parameters
     functions: dict[str, FunctionSpec]
     data_files: dict[str, str] = {}  # mount name -> sha256 hex
+    # "core": a built-in package the orchestrator runs natively (no wasm; ``digest`` is then
+    # the sha256 of its canonical description).
+    runtime: Literal["wasm", "core"] = "wasm"
 
     @property
     def ref(self) -> str:
@@ -110,3 +120,6 @@ class DeviceView(msgspec.Struct, frozen=True):
     memory: float = 0.0  # 0..1 used
     rtt_ms: float | None = None
     deployments: int = 0  # deployments currently placed on it (for spreading)
+    # The orchestrator's own core device: runs only built-in (``runtime == "core"``) packages,
+    # and label/zone constraints do not apply to it (see orchestrator.placement).
+    core: bool = False

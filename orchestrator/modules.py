@@ -8,6 +8,7 @@ the most recently uploaded version.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import msgspec
 
 from orchestrator.errors import NotFound, Unprocessable
-from orchestrator.model import Manifest, ModuleRecord
+from orchestrator.model import FunctionSpec, Manifest, ModuleRecord
 from orchestrator.store import Store
-from orchestrator.wasm_inspect import InvalidModule, inspect_wasm, parse_functions
+from orchestrator.wasm_inspect import BYTES_TYPES, InvalidModule, inspect_wasm, parse_functions
 from supervisor.protocol import check_name
 
 
@@ -102,6 +103,44 @@ class ModuleRegistry:
         )
         return record, True
 
+    async def add_core(
+        self,
+        name: str,
+        version: str,
+        functions: Mapping[str, FunctionSpec],
+        files: Mapping[str, bytes],
+    ) -> tuple[ModuleRecord, bool]:
+        """Store a built-in (``runtime: core``) package version: no wasm, only its described
+        functions and data files. Same rules as :meth:`add` (identical = no-op, different
+        content under an existing ``name@version`` = 422 on ``version``)."""
+        expected = core_record(name, version, functions, files)
+        existing = self._records.get(expected.ref)
+        if existing is not None and existing != expected:
+            raise Unprocessable(
+                f"{expected.ref} already exists with different content; upload a new version",
+                field="version",
+            )
+        for data in files.values():
+            await self._store.blobs.put(data)
+        if existing is not None:
+            return existing, False
+        self._records[expected.ref] = expected
+        self._uploaded[expected.ref] = time.time()
+        await self._store.put(
+            "modules",
+            "ref",
+            {
+                "ref": expected.ref,
+                "uploadedAt": self._uploaded[expected.ref],
+                "record": msgspec.to_builtins(expected),
+            },
+        )
+        return expected, True
+
+    def get(self, ref: str) -> ModuleRecord | None:
+        """Exactly ``name@version``, or None."""
+        return self._records.get(ref)
+
     def all(self) -> list[ModuleRecord]:
         return sorted(self._records.values(), key=lambda r: (r.name, self._uploaded[r.ref]))
 
@@ -123,3 +162,31 @@ class ModuleRegistry:
             except NotFound:
                 continue
         return found
+
+
+def core_record(
+    name: str, version: str, functions: Mapping[str, FunctionSpec], files: Mapping[str, bytes]
+) -> ModuleRecord:
+    """The record of a core package: its digest is the sha256 of its canonical description
+    (name, version, functions, data file digests), so equal content gives an equal record."""
+    data_files = {m: hashlib.sha256(data).hexdigest() for m, data in sorted(files.items())}
+    specs = dict(sorted(functions.items()))
+    canonical = {
+        "name": name,
+        "version": version,
+        "runtime": "core",
+        "functions": msgspec.to_builtins(specs),
+        "files": data_files,
+    }
+    return ModuleRecord(
+        name=name,
+        version=version,
+        digest=hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest(),
+        imports=[],
+        exports={
+            f: sum(2 if p.type in BYTES_TYPES else 1 for p in s.params) for f, s in specs.items()
+        },
+        functions=specs,
+        data_files=data_files,
+        runtime="core",
+    )

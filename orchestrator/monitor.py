@@ -120,7 +120,8 @@ class HealthMonitor:
     async def check_now(self) -> None:
         """Check every device once, concurrently, and apply the outcomes."""
         async with self._round:
-            devices = self._registry.all()
+            # The orchestrator's core device is this process: always healthy, never checked.
+            devices = [d for d in self._registry.all() if not d.core]
             urls = [d.url for d in devices]
             results = await asyncio.gather(*(self.check(url) for url in urls))
             for device, url, result in zip(devices, urls, results, strict=True):

@@ -106,6 +106,7 @@ class StepPlacement(msgspec.Struct, frozen=True):
     func: str
     device: str
     candidates: list[Candidate]
+    kept: bool = False  # on the device asked for by ``prefer``, though not the best score
 
 
 class Placement(msgspec.Struct, frozen=True, tag="placement"):
@@ -135,10 +136,16 @@ def place(
     weights: Weights = Weights(),  # noqa: B008 - frozen, so sharing the default is safe
     *,
     load: Mapping[str, int] | None = None,
+    avoid: Mapping[str, str] | None = None,
+    prefer: Sequence[str | None] | None = None,
 ) -> Placement | Infeasible:
     """Place every step of ``manifest`` on one of ``devices``, greedily in step order.
 
     ``modules`` is keyed by each step's ``module`` string exactly as written in the manifest.
+    ``avoid`` rejects devices (id -> the reason shown) for every step, e.g. those another
+    partition of the same deployment already runs on. ``prefer[i]``, when feasible for step
+    ``i``, is chosen for it whatever its score (``kept`` in the result): failover re-places a
+    deployment, and the steps whose devices are fine should stay where they run.
     Raises ``ValueError`` if two devices share an id (the answer would depend on their order).
     Candidates whose verdict does not change between steps are one shared object: treat the
     result as read-only.
@@ -149,20 +156,22 @@ def place(
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _place(manifest, modules, devices, weights, load or {})
+        return _place(manifest, modules, devices, weights, load or {}, avoid or {}, prefer or ())
     finally:
         if paused:
             gc.enable()
 
 
-def _place(
+def _place(  # noqa: PLR0917 - private, called once with place()'s arguments
     manifest: Manifest,
     modules: Mapping[str, ModuleRecord],
     devices: Sequence[DeviceView],
     weights: Weights,
     load: Mapping[str, int],
+    avoid: Mapping[str, str],
+    prefer: Sequence[str | None],
 ) -> Placement | Infeasible:
-    fleet = _Fleet(manifest, devices, weights, load)
+    fleet = _Fleet(manifest, devices, weights, load, avoid)
     runs: dict[tuple[str, str], dict[int, int]] = {}  # (module name, func) -> device -> step
     steps: list[StepPlacement] = []
     previous: int | None = None  # position of the device chosen for the previous step
@@ -179,8 +188,12 @@ def _place(
         if not feasible:
             message = _explain(index, step.module, step.func, common, len(fleet.ordered))
             return Infeasible(index, step.module, step.func, rejected, message)
-        chosen = feasible[0].device
-        steps.append(StepPlacement(index, step.module, step.func, chosen, feasible + rejected))
+        chosen, kept = feasible[0].device, False
+        wanted = prefer[index] if index < len(prefer) else None
+        if wanted is not None and wanted != chosen and any(c.device == wanted for c in feasible):
+            chosen, kept = wanted, True
+        candidates = feasible + rejected
+        steps.append(StepPlacement(index, step.module, step.func, chosen, candidates, kept))
         previous = fleet.position[chosen]
         used[previous] = None
         taken[previous] = index
@@ -201,6 +214,7 @@ class _Fleet:
         devices: Sequence[DeviceView],
         weights: Weights,
         load: Mapping[str, int],
+        avoid: Mapping[str, str] | None = None,
     ) -> None:
         self.ordered = sorted(devices, key=lambda d: d.id)
         for before, after in itertools.pairwise(self.ordered):
@@ -211,6 +225,11 @@ class _Fleet:
         labels = sorted(manifest.constraints.labels.items())
         zones = manifest.constraints.zones
         self.fixed = [_fixed_reasons(d, labels, zones) for d in self.ordered]
+        for i, device in enumerate(self.ordered):
+            # The core device hosts every partition's built-in steps (their device-side ids
+            # differ), so it is never avoided.
+            if avoid and device.id in avoid and not device.core:
+                self.fixed[i].append(avoid[device.id])
         self.base = [_base_parts(d, weights, load.get(d.id, 0)) for d in self.ordered]
         self.usual = [
             Candidate(d.id, d.name, False, reasons, 0.0, {})
@@ -306,8 +325,15 @@ def _rank(candidate: Candidate) -> tuple[float, str]:
 def _fixed_reasons(
     device: DeviceView, labels: Sequence[tuple[str, str]], zones: Sequence[str]
 ) -> list[str]:
-    """Reasons that reject ``device`` for every step: constraints and status."""
+    """Reasons that reject ``device`` for every step: constraints and status.
+
+    Label and zone constraints say where a pipeline's *devices* may be; they do not apply to
+    the orchestrator's core device, so a pipeline constrained to ``role=sensor`` can still
+    end with a built-in step (which runs only there).
+    """
     reasons: list[str] = []
+    if device.core:
+        labels, zones = (), ()
     for key, wanted in labels:
         has = device.labels.get(key)
         if has is None:
@@ -324,15 +350,27 @@ def _fixed_reasons(
     return reasons
 
 
+CORE_ONLY = "built-in package: runs only on the orchestrator"
+WASM_ONLY = "the orchestrator runs only built-in packages"
+
+
 def _lacking(record: ModuleRecord, ordered: Sequence[DeviceView]) -> dict[int, str]:
-    """By device position, the reason it lacks some of ``record``'s host imports."""
-    needed = record.host_imports()
+    """By device position, why it cannot run ``record``: a built-in (``runtime == "core"``)
+    package runs only on the core device and nothing else does; otherwise the host imports
+    a device lacks."""
     out: dict[int, str] = {}
+    if record.runtime == "core":
+        return {i: CORE_ONLY for i, device in enumerate(ordered) if not device.core}
+    # Usually no device, or one, is the core device.
+    out.update((i, WASM_ONLY) for i, device in enumerate(ordered) if device.core)
+    needed = record.host_imports()
     if not needed:
         return out
     # Fleets are mostly a few kinds of device: judge each distinct interface set once.
     verdicts: dict[frozenset[str], str] = {}
     for i, device in enumerate(ordered):
+        if device.core:
+            continue
         verdict = verdicts.get(device.interfaces)
         if verdict is None:
             missing = needed - device.interfaces

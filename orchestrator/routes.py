@@ -24,9 +24,14 @@ import msgspec
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from orchestrator.app_deploy import AppDeployer
+from orchestrator.apps import AppRegistry
+from orchestrator.core_device import CoreDevice
 from orchestrator.deployments import Deployment, Deployments, explain
+from orchestrator.descriptors import sniff_descriptor
 from orchestrator.devices import DeviceRegistry
 from orchestrator.discovery import DeviceUnreachable, Discovery
+from orchestrator.environments import EnvironmentRegistry
 from orchestrator.errors import (
     BadRequest,
     DeviceError,
@@ -40,7 +45,9 @@ from orchestrator.lifecycle import State, Transition
 from orchestrator.manifests import ManifestError, parse_manifest
 from orchestrator.model import Manifest, ModuleRecord
 from orchestrator.modules import ModuleRegistry
-from orchestrator.placement import Infeasible, Placement, place
+from orchestrator.partitions import place_partitions
+from orchestrator.placement import Infeasible, Placement
+from orchestrator.results import ResultStore
 from orchestrator.store import Store
 from supervisor.protocol import check_name
 
@@ -63,6 +70,12 @@ class Context:
     executions: Executions
     execution_deadline_s: float
     started: float
+    apps: AppRegistry
+    environments: EnvironmentRegistry
+    app_deployer: AppDeployer
+    # The built-in packages' device and their results (None: built-in apps disabled).
+    results: ResultStore | None = None
+    core: CoreDevice | None = None
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)
@@ -112,7 +125,10 @@ async def read_bytes(request: web.Request) -> bytes:
 
 
 async def read_manifest(request: web.Request) -> Manifest:
-    body = await read_bytes(request)
+    return manifest_from(request, await read_bytes(request))
+
+
+def manifest_from(request: web.Request, body: bytes) -> Manifest:
     try:
         return parse_manifest(body, request.content_type or JSON)
     except ManifestError as err:
@@ -278,6 +294,19 @@ async def metrics(request: web.Request) -> web.Response:
     _metric(
         lines, "baton_orchestrator_modules", "Stored module versions.", [("", len(c.modules.all()))]
     )
+    if c.core is not None:
+        _metric(
+            lines,
+            "baton_core_pushes_total",
+            "Deploy calls the orchestrator's core device received (built-in packages).",
+            [("", c.core.pushes)],
+        )
+        _metric(
+            lines,
+            "baton_core_calls_total",
+            "Built-in function calls the orchestrator ran.",
+            [("", c.core.calls)],
+        )
     _metric(
         lines,
         "baton_orchestrator_uptime_seconds",
@@ -502,7 +531,7 @@ async def dry_run(request: web.Request) -> web.Response:
     manifest = await read_manifest(request)
     load = c.deployments.load_by_device()
     result = await asyncio.to_thread(
-        place,
+        place_partitions,
         manifest,
         c.modules.for_manifest(manifest),
         [d.view(load.get(d.id, 0)) for d in c.devices.all()],
@@ -511,7 +540,10 @@ async def dry_run(request: web.Request) -> web.Response:
         # A problem body that also carries every device's reasons.
         problem = {"status": "error", "result": result.message}
         return reply(request, problem | msgspec.to_builtins(result), status=422)
-    return reply(request, msgspec.to_builtins(result))
+    # Partition 0 with every explanation; the devices of every partition beside it.
+    body: dict[str, Any] = msgspec.to_builtins(result[0])
+    body["partitions"] = [{"partition": k, "devices": p.devices()} for k, p in enumerate(result)]
+    return reply(request, body)
 
 
 @routes.post("/deployments")
@@ -521,8 +553,13 @@ async def submit(request: web.Request) -> web.Response:
     # Every parameter is checked before anything is accepted: a 400 changes nothing.
     wait = wait_param(request)
     expected = if_match_param(request)
-    manifest = await read_manifest(request)
-    dep, added = await c.deployments.submit(manifest, expected)
+    body = await read_bytes(request)
+    # A deployment descriptor (app + environment + params) derives the manifest.
+    descriptor = sniff_descriptor(body, request.content_type or JSON)
+    if descriptor is not None:
+        dep, added = await c.app_deployer.deploy(descriptor, if_match=expected)
+    else:
+        dep, added = await c.deployments.submit(manifest_from(request, body), expected)
     if wait is not None and added is not None:
         await c.deployments.wait_settled(dep.id, added, wait)
     # 201: this request created the deployment (even if a failover revision followed it).
@@ -606,12 +643,10 @@ def _first_endpoint(c: Context, dep: Deployment) -> dict[str, Any]:
         raise Unprocessable(f"deployment {dep.name} has no active revision yet", field="deployment")
     rev = dep.revision(dep.active)
     first_step = rev.manifest.sequence[0]
-    first_device = rev.placement.devices()[0] if rev.placement else None
-    if first_device is None:
-        raise Unprocessable("the active revision has no placement")
+    _, key = c.deployments.entry(dep)  # the partition this execution runs on
     module = c.modules.resolve(first_step.module).name
     endpoint: dict[str, Any] = msgspec.to_builtins(
-        rev.nodes[first_device].endpoints[module][first_step.func]
+        rev.nodes[key].endpoints[module][first_step.func]
     )
     return endpoint
 
@@ -696,6 +731,8 @@ _SCHEMA_TYPES: tuple[Any, ...] = (
     Transition,
     Problem,
 )
+# Route modules registered on ``routes`` elsewhere (orchestrator.routes_apps) add their types.
+SCHEMA_TYPES_EXTRA: list[Any] = []
 _PROBLEMS = {
     400: "Malformed input: a body, form field, header or query parameter",
     401: "A valid bearer token is required",
@@ -739,6 +776,17 @@ _DEPLOYMENT_SCHEMA: dict[str, Any] = {
         "state": {"enum": [s.value for s in State]},
         "active": {"type": ["integer", "null"]},
         "placement": {"anyOf": [{"$ref": "#/components/schemas/Placement"}, {"type": "null"}]},
+        "partitions": {
+            "type": "array",
+            "description": "the devices of each partition's chain, partition 0 first",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "partition": {"type": "integer"},
+                    "devices": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
         "error": {"type": ["string", "null"]},
         "failedStep": {"type": ["string", "null"]},
         "timings": {"type": "object", "additionalProperties": {"type": "number"}},
@@ -813,6 +861,16 @@ _MANIFEST_BODY: dict[str, Any] = {
         "application/toml": {"schema": _ref("Manifest")},
     },
 }
+_DEPLOYABLE = {"anyOf": [_ref("Manifest"), _ref("Descriptor")]}
+_DEPLOY_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "a manifest, or a deployment descriptor (app + environment + params)",
+    "content": {
+        JSON: {"schema": _DEPLOYABLE},
+        MSGPACK: {"schema": _DEPLOYABLE},
+        "application/toml": {"schema": _DEPLOYABLE},
+    },
+}
 _MODULE_FORM: dict[str, Any] = {
     "type": "object",
     "required": ["name", "wasm"],
@@ -842,7 +900,7 @@ _ARGS_BODY: dict[str, Any] = {
         },
     },
 }
-_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): _op("Liveness and counts", {200: ("Alive", _HEALTH_SCHEMA)}),
     ("GET", "/metrics"): {
         "summary": "Prometheus metrics",
@@ -938,7 +996,7 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             202: ("The next revision, applied in order", _ref("Deployment")),
             200: ("Identical manifest: nothing changed", _ref("Deployment")),
         },
-        body=_MANIFEST_BODY,
+        body=_DEPLOY_BODY,
         query=(_WAIT,),
         headers=(
             (
@@ -996,6 +1054,9 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+_PATTERN_PARAM = re.compile(r"\{([^}:/]+):[^}]*\}")
+
+
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     return [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -1007,7 +1068,7 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
 def openapi_document() -> bytes:
     """The OpenAPI 3.1 description of every route in :data:`routes`, built once."""
     _, schemas = msgspec.json.schema_components(
-        _SCHEMA_TYPES, ref_template="#/components/schemas/{name}"
+        (*_SCHEMA_TYPES, *SCHEMA_TYPES_EXTRA), ref_template="#/components/schemas/{name}"
     )
     schemas |= {"Device": _DEVICE_SCHEMA, "Deployment": _DEPLOYMENT_SCHEMA}
     paths: dict[str, dict[str, Any]] = {}
@@ -1015,16 +1076,17 @@ def openapi_document() -> bytes:
         if not isinstance(route, web.RouteDef):
             continue
         op = dict(
-            _OPERATIONS.get(
+            OPERATIONS.get(
                 (route.method, route.path),
                 {"summary": route.path, "responses": {"default": {"description": "see source"}}},
             )
         )
-        params = _path_parameters(route.path) + op.get("parameters", [])
+        path = _PATTERN_PARAM.sub(r"{\1}", route.path)  # "{path:.*}" is "{path}" in OpenAPI
+        params = _path_parameters(path) + op.get("parameters", [])
         if params:
             op["parameters"] = params
         op["operationId"] = getattr(route.handler, "__name__", route.path)
-        paths.setdefault(route.path, {})[route.method.lower()] = op
+        paths.setdefault(path, {})[route.method.lower()] = op
     doc = {
         "openapi": "3.1.0",
         "info": {

@@ -12,11 +12,13 @@ every assertion message).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import random
 import re
 import uuid
+import zipfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +199,8 @@ async def test_kill_9_during_a_deployment_finishes_or_rolls_back_after_restart(
             (state_dir / "blobs" / body["digest"]).write_bytes(b"\0asm" + b"\0" * 16)
             by_url = {sup.url: sup for sup in sups}
             _, devices = await get_json(session, orch.url + "/devices")
-            sup_of = {d["id"]: by_url[d["url"]] for d in devices}
+            # Every device but the orchestrator's own core device (it runs built-in apps).
+            sup_of = {d["id"]: by_url[d["url"]] for d in devices if d["id"] != "orchestrator"}
 
             for rnd in rounds:
                 where = f"{SEED_ENV}={seed} {rnd}"
@@ -586,7 +589,49 @@ def _execution_cases() -> list[Case]:
     ]
 
 
+def _zip(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(name, data)
+    return buf.getvalue()
+
+
+ZIP_TYPE = {"Content-Type": "application/zip"}
+
+
+def _app_cases() -> list[Case]:
+    """Apps, environments, results and the core device's supervisor routes."""
+    return [
+        Case("not a zip", "POST", "/apps", b"not a zip", ZIP_TYPE, 400),
+        Case("empty image", "POST", "/apps", b"", ZIP_TYPE, 400),
+        Case("huge image", "POST", "/apps", HUGE, ZIP_TYPE, 413),
+        Case("zip slip", "POST", "/apps", _zip("../evil", b"x"), ZIP_TYPE, 422),
+        Case("no application.json", "POST", "/apps", _zip("a.txt", b"x"), ZIP_TYPE, 422),
+        Case("unknown app", "GET", "/apps/nope", status=404),
+        Case("unknown app version", "GET", "/apps/nope/1.0", status=404),
+        Case("unknown image", "GET", "/apps/nope/1.0/image", status=404),
+        Case("unknown static", "GET", "/apps/nope/static/index.html", status=404),
+        Case("unknown static version", "GET", "/apps/nope/1.0/static/x", status=404),
+        Case("traversal static", "GET", "/apps/nope/1.0/static/..%2F..%2Fstate.json", status=404),
+        Case("unknown environment", "GET", "/environments/nope", status=404),
+        Case("delete unknown environment", "DELETE", "/environments/nope", status=404),
+        Case("environment not JSON", "PUT", "/environments/lab", b"{", JSON_TYPE, 400),
+        Case("environment huge", "PUT", "/environments/lab", HUGE, JSON_TYPE, 413),
+        Case("environment bad name", "PUT", "/environments/..", b"{}", JSON_TYPE, None),
+        Case("environment unknown field", "PUT", "/environments/lab", b'{"x": 1}', JSON_TYPE, None),
+        Case("unknown results", "GET", "/results/nope", status=404),
+        Case("results bad limit", "GET", "/results/{dep}?limit=abc", status=400),
+        Case("clear unknown results", "DELETE", "/results/nope", status=404),
+        *(
+            Case(f"core {m} unknown deployment", m, "/nope/modules/datalist/push", status=404)
+            for m in ("GET", "POST", "PUT")
+        ),
+        Case("unknown core request", "GET", "/request-history/nope", status=404),
+    ]
+
+
 CASES: list[Case] = [
+    *_app_cases(),
     *_manifest_cases("/placements"),
     *_manifest_cases("/deployments"),
     *_registration_cases("/devices"),
@@ -675,7 +720,10 @@ async def test_every_route_rejects_malformed_input_with_a_4xx_problem(
     after = {path: (await orch.get(path))[1] for path in ("/devices", "/modules", "/deployments")}
     assert [d["id"] for d in after["/devices"]] == [d["id"] for d in before["/devices"]]
     assert after["/modules"] == before["/modules"]
-    assert [(d["id"], d["revision"]) for d in after["/deployments"]] == [(dep["id"], 1)]
+    # The built-in datalist is there too, untouched since start-up.
+    assert [(d["id"], d["revision"]) for d in after["/deployments"] if d["name"] != "datalist"] == [
+        (dep["id"], 1)
+    ]
     # The deployment still runs: none of that reached a device.
     status, run = await orch.run(dep["id"], param0=5)
     assert status == 200 and run["value"] == fibo(5), run
@@ -750,9 +798,14 @@ async def test_openapi_describes_every_route_and_metrics_are_prometheus_text(
     schemas = doc["components"]["schemas"]
     assert {"Manifest", "Placement", "Infeasible", "Problem", "Step"} <= set(schemas)
     submit = doc["paths"]["/deployments"]["post"]
+    # A manifest, or a deployment descriptor naming an app image and an environment.
     assert submit["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Manifest"
+        "anyOf": [
+            {"$ref": "#/components/schemas/Manifest"},
+            {"$ref": "#/components/schemas/Descriptor"},
+        ]
     }
+    assert "Descriptor" in schemas
     assert {"400", "401", "409", "413", "422"} <= set(submit["responses"])
     assert submit["security"] == [{"bearer": []}]
 
@@ -781,8 +834,9 @@ async def test_openapi_describes_every_route_and_metrics_are_prometheus_text(
             continue
         name, value = line.rsplit(" ", 1)
         samples[name] = float(value)
-    assert samples['baton_orchestrator_devices{status="healthy"}'] == 0
+    # No supervisor yet: the orchestrator's own core device runs the built-in datalist.
+    assert samples['baton_orchestrator_devices{status="healthy"}'] == 1
     assert samples['baton_orchestrator_devices{status="lost"}'] == 0
-    assert samples['baton_orchestrator_deployments{state="ACTIVE"}'] == 0
-    assert samples["baton_orchestrator_modules"] == 1
+    assert samples['baton_orchestrator_deployments{state="ACTIVE"}'] == 1
+    assert samples["baton_orchestrator_modules"] == 2
     assert samples["baton_orchestrator_uptime_seconds"] >= 0

@@ -61,9 +61,13 @@ async def test_place_deploy_run_update_and_refuse(stack: Stack, orchestrator: Or
     status, devices = await orch.get("/devices")
     by_id = {d["id"]: d["name"] for d in devices}
     assert by_id[middle["device"]] == "camera-node"
-    rejected = [c for c in middle["candidates"] if not c["feasible"]]
+    rejected = {c["device"]: c for c in middle["candidates"] if not c["feasible"]}
+    # The orchestrator's own core device runs only built-in packages.
+    assert rejected.pop("orchestrator")["reasons"] == [
+        "the orchestrator runs only built-in packages"
+    ]
     assert len(rejected) == 2 and all(
-        "takeImageDynamicSize" in " ".join(c["reasons"]) for c in rejected
+        "takeImageDynamicSize" in " ".join(c["reasons"]) for c in rejected.values()
     )
 
     # Impossible: nothing offers a host function no module of ours... pin to a missing device.
@@ -72,7 +76,7 @@ async def test_place_deploy_run_update_and_refuse(stack: Stack, orchestrator: Or
         "sequence": [{"module": "camera", "func": "image_size", "device": "compute-node"}],
     }
     status, body = await orch.post("/placements", json=impossible)
-    assert status == 422 and len(body["candidates"]) == 3
+    assert status == 422 and len(body["candidates"]) == 4  # three supervisors + the core device
     assert all(c["reasons"] for c in body["candidates"])
 
     # Deploy: ACTIVE, verified on each device, and a three-hop run on three devices.
@@ -135,7 +139,9 @@ async def test_place_deploy_run_update_and_refuse(stack: Stack, orchestrator: Or
     assert (3, "FAILED") in kinds and (3, "ROLLED_BACK") in kinds and (2, "ACTIVE") in kinds
     # Only the latest revision keeps its explanations and only the active one its documents.
     state = json.loads((orch.state_dir / "state.json").read_text())
-    (stored,) = [d["deployment"] for d in state["deployments"].values()]
+    (stored,) = [
+        d["deployment"] for d in state["deployments"].values() if d["deployment"]["id"] == dep["id"]
+    ]
     first, active, latest = stored["revisions"]
     assert all(not s["candidates"] for s in first["placement"]["steps"]) and first["nodes"] == {}
     assert active["nodes"] and all(s["candidates"] for s in latest["placement"]["steps"])

@@ -275,6 +275,10 @@ async def converge(fleet: Fleet, ledger: Ledger, where: str) -> dict[str, dict[s
         expected: dict[str, set[str]] = {dev: set() for dev in fleet.by_id}
         for dep in listed:
             for step in dep["placement"]["steps"]:
+                if step["device"] == "orchestrator":
+                    # The built-in datalist, on the orchestrator's own core device: its
+                    # bootstrap after every restart must leave it ACTIVE (checked above).
+                    continue
                 expected[step["device"]].add(dep["id"])
         snapshot["expected"] = expected
         held: dict[str, Any] = {}
@@ -312,6 +316,9 @@ async def converge(fleet: Fleet, ledger: Ledger, where: str) -> dict[str, dict[s
             ledger.deleted[name] = ledger.live.pop(name)
     ledger.maybe_deleted.clear()
 
+    # The built-in datalist, bootstrapped at every start: exactly one revision, ever.
+    datalist = by_name.pop("datalist")
+    assert [r["number"] for r in datalist["revisions"]] == [1], (where, datalist["revisions"])
     assert set(by_name) == set(ledger.live), (where, sorted(by_name), sorted(ledger.live))
     for name, dep in by_name.items():
         assert dep["id"] == ledger.live[name], (where, name, dep["id"], ledger.live[name])
