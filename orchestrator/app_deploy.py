@@ -21,8 +21,9 @@ from yarl import URL
 from orchestrator.apps import AppRecord, AppRegistry
 from orchestrator.deployments import Deployment, Deployments
 from orchestrator.descriptors import Descriptor, derive, is_remote, split_app
-from orchestrator.environments import EnvironmentRegistry
+from orchestrator.environments import Environment, EnvironmentRegistry
 from orchestrator.errors import NotFound, PayloadTooLarge, Unprocessable
+from orchestrator.model import Manifest
 from orchestrator.store import Store
 
 TABLE = "app_deployments"
@@ -57,11 +58,7 @@ class AppDeployer:
     ) -> tuple[Deployment, int | None]:
         """Submit what ``descriptor`` stands for; the answer is :meth:`Deployments.submit`'s
         (the deployment, and the revision added or None when nothing changed)."""
-        app = await self.resolve_app(descriptor)
-        env = self._environments.find(descriptor.environment)
-        if env is None:
-            raise Unprocessable(f"no environment {descriptor.environment!r}", field="environment")
-        manifest = derive(descriptor, app, env)
+        app, env, manifest = await self.derived(descriptor)
         dep, added = await self._deployments.submit(manifest, if_match)
         if self._environment_of.get(dep.name) != env.name:
             self._environment_of[dep.name] = env.name
@@ -71,6 +68,30 @@ class AppDeployer:
                 {"deployment": dep.name, "environment": env.name, "app": app.ref},
             )
         return dep, added
+
+    async def derived(
+        self, descriptor: Descriptor, *, fetch: bool = True
+    ) -> tuple[AppRecord, Environment, Manifest]:
+        """The app, environment and manifest ``descriptor`` stands for, deploying nothing.
+
+        With ``fetch=False`` (a dry run) a remote app must already be stored here: a dry
+        run changes nothing, not even the local copy of another site's image.
+        """
+        if (
+            not fetch
+            and is_remote(descriptor.app)
+            and (descriptor.digest is None or self._apps.by_digest(descriptor.digest) is None)
+        ):
+            raise Unprocessable(
+                "a dry run does not download another site's app: deploy it once, or push "
+                "its image here first",
+                field="app",
+            )
+        app = await self.resolve_app(descriptor)
+        env = self._environments.find(descriptor.environment)
+        if env is None:
+            raise Unprocessable(f"no environment {descriptor.environment!r}", field="environment")
+        return app, env, derive(descriptor, app, env)
 
     def environment_users(self, environment: str) -> list[str]:
         """Deployments (by name) derived from ``environment`` that still exist."""

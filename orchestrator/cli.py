@@ -50,9 +50,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-import msgspec
-
 from orchestrator import cli_app, cli_env, cli_results, simulate
+from orchestrator.cli_common import print_json, table
 from orchestrator.client import (
     JSON,
     TOML,
@@ -287,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_env.add_commands(command)  # baton env list|show|set|delete
     cli_results.add_commands(command)  # baton results [DEPLOYMENT]
 
-    deploy = command("deploy", cmd_deploy, "deploy a manifest (.json or .toml)")
+    deploy = command(
+        "deploy", cmd_deploy, "deploy a manifest (.json or .toml) or a deployment descriptor"
+    )
     deploy.add_argument("manifest", metavar="FILE")
     deploy.add_argument(
         "--dry-run", action="store_true", help="only show where each step would run and why"
@@ -443,7 +444,7 @@ def _positive(text: str) -> float:
 async def cmd_devices(ctx: Ctx, args: argparse.Namespace) -> int:
     devices = await ctx.client.list_devices()
     if ctx.json:
-        return _print_json(devices)
+        return print_json(devices)
     if not devices:
         print("no devices known yet (they appear over mDNS, or `baton devices register HOST`)")
         return 0
@@ -487,7 +488,7 @@ async def device_id(ctx: Ctx, key: str) -> str:
 async def cmd_cordon(ctx: Ctx, args: argparse.Namespace) -> int:
     device = await ctx.client.cordon(await device_id(ctx, args.device))
     if ctx.json:
-        return _print_json(device)
+        return print_json(device)
     print(f"cordoned {_device_name(device)}: no new steps will be placed on it")
     return 0
 
@@ -495,7 +496,7 @@ async def cmd_cordon(ctx: Ctx, args: argparse.Namespace) -> int:
 async def cmd_uncordon(ctx: Ctx, args: argparse.Namespace) -> int:
     device = await ctx.client.uncordon(await device_id(ctx, args.device))
     if ctx.json:
-        return _print_json(device)
+        return print_json(device)
     print(f"uncordoned {_device_name(device)}: steps may be placed on it again")
     return 0
 
@@ -503,7 +504,7 @@ async def cmd_uncordon(ctx: Ctx, args: argparse.Namespace) -> int:
 async def cmd_register(ctx: Ctx, args: argparse.Namespace) -> int:
     device = await ctx.client.register_device(args.host, args.port, args.name, tls=args.tls)
     if ctx.json:
-        return _print_json(device)
+        return print_json(device)
     print(f"registered {_device_name(device)} at {device.get('url', '?')}")
     return 0
 
@@ -518,7 +519,7 @@ def _device_name(device: Mapping[str, Any]) -> str:
 async def cmd_modules_list(ctx: Ctx, args: argparse.Namespace) -> int:
     modules = await ctx.client.list_modules()
     if ctx.json:
-        return _print_json(modules)
+        return print_json(modules)
     if not modules:
         print("no modules yet (`baton modules push DIR_OR_WASM`)")
         return 0
@@ -641,7 +642,7 @@ async def cmd_modules_push(ctx: Ctx, args: argparse.Namespace) -> int:
         files={mount: _read(p) for mount, p in upload.files.items()},
     )
     if ctx.json:
-        return _print_json(record)
+        return print_json(record)
     funcs = ", ".join(sorted(record.get("functions") or {})) or "none described"
     extra = f", data files: {', '.join(sorted(upload.files))}" if upload.files else ""
     print(
@@ -679,18 +680,18 @@ async def cmd_deploy(ctx: Ctx, args: argparse.Namespace) -> int:
         )
     if args.wait == 0:
         if ctx.json:
-            _print_json(dep)
+            print_json(dep)
         return 0
     dep = await _follow(ctx, dep, number, args.wait, changed=submission.changed)
     if ctx.json:
-        _print_json(dep)
+        print_json(dep)
     return _settled(ctx, dep, number, args.wait, time.monotonic() - start)
 
 
 async def _dry_run(ctx: Ctx, body: bytes, ctype: str) -> int:
     result = await ctx.client.place(body, ctype)
     if ctx.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(explain_placement(result))
     if result.get("type") == "infeasible":
@@ -805,7 +806,7 @@ def _hosts(dep: Deployment) -> str:
 async def cmd_deployments(ctx: Ctx, args: argparse.Namespace) -> int:
     deployments = await ctx.client.list_deployments()
     if ctx.json:
-        return _print_json(deployments)
+        return print_json(deployments)
     if not deployments:
         print("no deployments (`baton deploy FILE`)")
         return 0
@@ -828,7 +829,7 @@ async def cmd_deployments(ctx: Ctx, args: argparse.Namespace) -> int:
 async def cmd_status(ctx: Ctx, args: argparse.Namespace) -> int:
     dep = await ctx.client.get_deployment(args.deployment)
     if ctx.json:
-        return _print_json(dep)
+        return print_json(dep)
     print(format_status(dep))
     return 0
 
@@ -921,7 +922,7 @@ def format_status(dep: Deployment) -> str:
 async def cmd_undeploy(ctx: Ctx, args: argparse.Namespace) -> int:
     answer = await ctx.client.undeploy(args.deployment)
     if ctx.json:
-        return _print_json(answer)
+        return print_json(answer)
     print(f"removed deployment {args.deployment} from every device")
     return 0
 
@@ -1024,7 +1025,7 @@ async def cmd_run(ctx: Ctx, args: argparse.Namespace) -> int:
         args.deployment, dict(args.arg), files or None, asynchronous=args.asynchronous
     )
     if ctx.json:
-        _print_json(execution)
+        print_json(execution)
     elif args.asynchronous:
         ident = execution.get("id", "?")
         print(
@@ -1039,7 +1040,7 @@ async def cmd_run(ctx: Ctx, args: argparse.Namespace) -> int:
 async def cmd_trace(ctx: Ctx, args: argparse.Namespace) -> int:
     execution = await ctx.client.get_execution(args.execution)
     if ctx.json:
-        _print_json(execution)
+        print_json(execution)
     else:
         print(format_execution(execution, ctx.url))
     return _execution_exit(execution)
@@ -1154,29 +1155,6 @@ def _note(message: str) -> None:
 # --- output helpers ----------------------------------------------------------------------------
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:
-    """Plain text with aligned columns; columns in ``right`` are right-aligned."""
-    body = [[_cell(x) for x in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in body:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    align_right = set(right)
-
-    def line(cells: Sequence[str]) -> str:
-        out = [
-            c.rjust(widths[i]) if i in align_right else c.ljust(widths[i])
-            for i, c in enumerate(cells)
-        ]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(list(headers)), *(line(r) for r in body)])
-
-
-def _cell(value: Any) -> str:
-    return " ".join(str(value).split())  # one line per row, whatever the server sent
-
-
 def _indent(text: str, by: str = "  ") -> str:
     return "\n".join(by + line if line else line for line in text.splitlines())
 
@@ -1217,11 +1195,6 @@ def _ms(value: Any) -> str:
 
 def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
-
-
-def _print_json(value: Any) -> int:
-    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-    return 0
 
 
 def _read(path: Path) -> bytes:

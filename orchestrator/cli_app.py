@@ -18,32 +18,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
-
-import msgspec
+from typing import Any
 
 from orchestrator.app_build import BuildError, build, pack
 from orchestrator.app_image import AppImage, ImageError, image_digest, read_image
-from orchestrator.client import OrchestratorClient
+from orchestrator.cli_common import Command, CommandCtx, print_json, table
 
 __all__ = ["add_commands", "describe_image", "image_summary"]
 
 PROG = "baton"
-
-
-class AppCtx(Protocol):
-    """What these commands use of the CLI's context (``orchestrator.cli.Ctx``)."""
-
-    @property
-    def client(self) -> OrchestratorClient: ...
-
-    @property
-    def json(self) -> bool: ...
-
-
-Command = Callable[..., argparse.ArgumentParser]
 
 
 def add_commands(command: Command) -> None:
@@ -78,7 +63,7 @@ def add_commands(command: Command) -> None:
 # --- offline: build and validate ---------------------------------------------------------------
 
 
-async def cmd_app_build(ctx: AppCtx, args: argparse.Namespace) -> int:
+async def cmd_app_build(ctx: CommandCtx, args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     try:
         result = await asyncio.to_thread(
@@ -88,7 +73,7 @@ async def cmd_app_build(ctx: AppCtx, args: argparse.Namespace) -> int:
         return _fail(err)
     summary = image_summary(result.image) | {"path": str(result.path)}
     if ctx.json:
-        return _print_json(summary)
+        return print_json(summary)
     _say(f"built {result.path}")
     _say(f"digest  {result.digest}")
     _say(f"size    {len(result.data)} bytes")
@@ -96,13 +81,13 @@ async def cmd_app_build(ctx: AppCtx, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_app_validate(ctx: AppCtx, args: argparse.Namespace) -> int:
+async def cmd_app_validate(ctx: CommandCtx, args: argparse.Namespace) -> int:
     try:
         image = await asyncio.to_thread(_load, Path(args.source))
     except (BuildError, ImageError) as err:
         return _fail(err)
     if ctx.json:
-        return _print_json(image_summary(image))
+        return print_json(image_summary(image))
     _say(describe_image(image))
     return 0
 
@@ -180,7 +165,7 @@ def describe_image(image: AppImage) -> str:
 # --- the orchestrator: push, list, show ---------------------------------------------------------
 
 
-async def cmd_app_push(ctx: AppCtx, args: argparse.Namespace) -> int:
+async def cmd_app_push(ctx: CommandCtx, args: argparse.Namespace) -> int:
     path = Path(args.image)
     try:
         data = await asyncio.to_thread(path.read_bytes)
@@ -188,7 +173,7 @@ async def cmd_app_push(ctx: AppCtx, args: argparse.Namespace) -> int:
         return _fail(BuildError(f"cannot read {path}: {err.strerror or err}"))
     answer = await ctx.client.push_app(data)
     if ctx.json:
-        return _print_json(answer)
+        return print_json(answer)
     what = "pushed" if answer.get("created", True) else "unchanged (already pushed)"
     digest = answer.get("digest") or image_digest(data)
     _say(f"{what} {answer.get('name', '?')}@{answer.get('version', '?')}  {digest}")
@@ -209,10 +194,10 @@ def _packages(value: Any) -> str:
     return ""
 
 
-async def cmd_app_list(ctx: AppCtx, args: argparse.Namespace) -> int:
+async def cmd_app_list(ctx: CommandCtx, args: argparse.Namespace) -> int:
     apps = await ctx.client.list_apps()
     if ctx.json:
-        return _print_json(apps)
+        return print_json(apps)
     if not apps:
         _say("no applications yet (`baton app push IMAGE`)")
         return 0
@@ -224,15 +209,15 @@ async def cmd_app_list(ctx: AppCtx, args: argparse.Namespace) -> int:
         ]
         for a in apps
     ]
-    _say(_table(["NAME", "VERSIONS", "LATEST"], rows))
+    _say(table(["NAME", "VERSIONS", "LATEST"], rows))
     return 0
 
 
-async def cmd_app_show(ctx: AppCtx, args: argparse.Namespace) -> int:
+async def cmd_app_show(ctx: CommandCtx, args: argparse.Namespace) -> int:
     name, _, version = str(args.app).partition("@")
     answer = await ctx.client.get_app(name, version or None)
     if ctx.json:
-        return _print_json(answer)
+        return print_json(answer)
     if not version:
         versions = _versions(answer.get("versions"))
         _say(f"{answer.get('name', name)}: {', '.join(versions) or 'no versions'}")
@@ -273,16 +258,3 @@ def _fail(err: BuildError | ImageError) -> int:
 def _say(text: str) -> None:
     """One line (or block) on stdout, for people or for ``--json`` readers."""
     sys.stdout.write(text + "\n")
-
-
-def _print_json(value: Any) -> int:
-    _say(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-    return 0
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [list(headers), *rows]
-    )

@@ -18,29 +18,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-import msgspec
-
-from orchestrator.client import ApiError, OrchestratorClient
+from orchestrator.cli_common import Command, CommandCtx, print_json, table
+from orchestrator.client import ApiError
 
 __all__ = ["add_commands", "format_environment"]
 
 _LIMITS = (("timeout_ms", "timeoutMs"), ("memory_bytes", "memoryBytes"), ("fuel", "fuel"))
-
-
-class EnvCtx(Protocol):
-    """What these commands use of the CLI's context (``orchestrator.cli.Ctx``)."""
-
-    @property
-    def client(self) -> OrchestratorClient: ...
-
-    @property
-    def json(self) -> bool: ...
-
-
-Command = Callable[..., argparse.ArgumentParser]
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -116,10 +102,10 @@ def updated_spec(current: Mapping[str, Any] | None, args: argparse.Namespace) ->
     return spec
 
 
-async def cmd_env_list(ctx: EnvCtx, args: argparse.Namespace) -> int:
+async def cmd_env_list(ctx: CommandCtx, args: argparse.Namespace) -> int:
     envs = await ctx.client.list_environments()
     if ctx.json:
-        return _print_json(envs)
+        return print_json(envs)
     rows = [
         (
             e.get("name", "?"),
@@ -130,19 +116,19 @@ async def cmd_env_list(ctx: EnvCtx, args: argparse.Namespace) -> int:
         )
         for e in envs
     ]
-    _out(_table(("NAME", "LABELS", "ZONES", "LIMITS", "DESCRIPTION"), rows))
+    _out(table(("NAME", "LABELS", "ZONES", "LIMITS", "DESCRIPTION"), rows))
     return 0
 
 
-async def cmd_env_show(ctx: EnvCtx, args: argparse.Namespace) -> int:
+async def cmd_env_show(ctx: CommandCtx, args: argparse.Namespace) -> int:
     env = await ctx.client.get_environment(args.name)
     if ctx.json:
-        return _print_json(env)
+        return print_json(env)
     _out(format_environment(env))
     return 0
 
 
-async def cmd_env_set(ctx: EnvCtx, args: argparse.Namespace) -> int:
+async def cmd_env_set(ctx: CommandCtx, args: argparse.Namespace) -> int:
     try:
         current: dict[str, Any] | None = await ctx.client.get_environment(args.name)
     except ApiError as err:
@@ -151,16 +137,16 @@ async def cmd_env_set(ctx: EnvCtx, args: argparse.Namespace) -> int:
         current = None
     env = await ctx.client.put_environment(args.name, updated_spec(current, args))
     if ctx.json:
-        return _print_json(env)
+        return print_json(env)
     _out(f"environment {env.get('name', args.name)} {'updated' if current else 'created'}")
     _out(format_environment(env))
     return 0
 
 
-async def cmd_env_delete(ctx: EnvCtx, args: argparse.Namespace) -> int:
+async def cmd_env_delete(ctx: CommandCtx, args: argparse.Namespace) -> int:
     result = await ctx.client.delete_environment(args.name)
     if ctx.json:
-        return _print_json(result)
+        return print_json(result)
     _out(f"environment {args.name} deleted")
     return 0
 
@@ -183,20 +169,6 @@ def _labels(labels: Mapping[str, str]) -> str:
 
 def _limits(limits: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(limits.items()))
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    body = [[" ".join(str(c).split()) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
-    return "\n".join(
-        "  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
-        for row in [list(headers), *body]
-    )
-
-
-def _print_json(value: Any) -> int:
-    _out(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-    return 0
 
 
 def _out(text: str) -> None:

@@ -18,23 +18,11 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from orchestrator.client import OrchestratorClient
+from orchestrator.cli_common import Command, CommandCtx
 
 __all__ = ["add_commands", "cmd_results", "format_counts", "format_entries"]
-
-Command = Callable[..., argparse.ArgumentParser]
-
-
-class ResultsCtx(Protocol):
-    """What this command uses of the CLI's context (``orchestrator.cli.Ctx``)."""
-
-    @property
-    def client(self) -> OrchestratorClient: ...
-
-    @property
-    def json(self) -> bool: ...
 
 
 def _count(text: str) -> int:
@@ -61,7 +49,7 @@ def add_commands(command: Command) -> None:
     p.add_argument("--clear", action="store_true", help="drop the deployment's results")
 
 
-async def cmd_results(ctx: ResultsCtx, args: argparse.Namespace) -> int:
+async def cmd_results(ctx: CommandCtx, args: argparse.Namespace) -> int:
     client = ctx.client
     if args.deployment is None:
         if args.clear:
@@ -82,7 +70,7 @@ async def cmd_results(ctx: ResultsCtx, args: argparse.Namespace) -> int:
     return _out(ctx, body, lambda: format_entries(body))
 
 
-def _out(ctx: ResultsCtx, body: Any, text: Callable[[], str]) -> int:
+def _out(ctx: CommandCtx, body: Any, text: Callable[[], str]) -> int:
     if ctx.json:
         print(json.dumps(body, indent=2, sort_keys=True))  # noqa: T201
     else:

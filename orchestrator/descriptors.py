@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from orchestrator.errors import BadRequest, Unprocessable
-from orchestrator.manifests import MAX_PARTITIONS, NAME_PATTERN
+from orchestrator.manifests import MAX_PARTITIONS, NAME_PATTERN, locate_error
 from orchestrator.model import Constraints, Limits, Manifest, Step
 from supervisor.protocol import check_name
 
@@ -46,8 +46,6 @@ _MSGPACK_TYPES = frozenset(
     {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
 )
 _TOML = "application/toml"
-_ERROR_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]*)`")
 
 
 class Params(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -126,20 +124,10 @@ def descriptor_from(doc: Mapping[str, Any]) -> Descriptor:
     try:
         descriptor = msgspec.convert(doc, Descriptor)
     except msgspec.ValidationError as err:
-        field, message = _locate(str(err))
+        field, message = locate_error(str(err))
         raise Unprocessable(message, field=field or None) from err
     _validate(descriptor)
     return descriptor
-
-
-def _locate(error: str) -> tuple[str, str]:
-    match = _ERROR_PATH.match(error)
-    assert match is not None  # the pattern matches any string
-    message, path = match["msg"], (match["path"] or "").removeprefix(".")
-    named = _NAMED_FIELD.match(message)
-    if named:
-        path = f"{path}.{named['name']}" if path else named["name"]
-    return path, message
 
 
 def _name(value: str, field: str) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "ManifestError",
     "check_references",
     "immutable_change",
+    "locate_error",
     "manifest_digest",
     "parse_manifest",
 ]
@@ -83,7 +84,7 @@ def parse_manifest(body: bytes, content_type: str = _JSON) -> Manifest:
         else:
             manifest = msgspec.json.decode(body, type=Manifest)
     except msgspec.ValidationError as err:  # a subclass of DecodeError: test it first
-        field, message = _locate(str(err))
+        field, message = locate_error(str(err))
         raise ManifestError(field, message, 422) from err
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
         # TOML is decoded as text first, so bad UTF-8 surfaces as UnicodeDecodeError; the
@@ -95,8 +96,13 @@ def parse_manifest(body: bytes, content_type: str = _JSON) -> Manifest:
     return manifest
 
 
-def _locate(error: str) -> tuple[str, str]:
-    """Split a msgspec validation message into (field path, message)."""
+def locate_error(error: str) -> tuple[str, str]:
+    """Split a msgspec validation message into (field path, message).
+
+    The path is a JSON path without the leading ``$.`` (``sequence[1].func``), ending in the
+    field's name when the message is about a missing or unknown field; ``""`` is the root.
+    The message is msgspec's, without its ``- at `$...``` suffix.
+    """
     match = _MSGSPEC_ERROR.match(error)
     assert match is not None  # the pattern matches any string
     message, path = match["msg"], (match["path"] or "").removeprefix(".")

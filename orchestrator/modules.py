@@ -82,25 +82,10 @@ class ModuleRegistry:
             functions=specs,
             data_files=dict(sorted(files.items())),
         )
-        existing = self._records.get(record.ref)
+        existing = self._existing(record)
         if existing is not None:
-            if existing == record:
-                return existing, False
-            raise Unprocessable(
-                f"{record.ref} already exists with different content; upload a new version",
-                field="version",
-            )
-        self._records[record.ref] = record
-        self._uploaded[record.ref] = time.time()
-        await self._store.put(
-            "modules",
-            "ref",
-            {
-                "ref": record.ref,
-                "uploadedAt": self._uploaded[record.ref],
-                "record": msgspec.to_builtins(record),
-            },
-        )
+            return existing, False
+        await self._save(record)
         return record, True
 
     async def add_core(
@@ -114,28 +99,38 @@ class ModuleRegistry:
         functions and data files. Same rules as :meth:`add` (identical = no-op, different
         content under an existing ``name@version`` = 422 on ``version``)."""
         expected = core_record(name, version, functions, files)
-        existing = self._records.get(expected.ref)
-        if existing is not None and existing != expected:
-            raise Unprocessable(
-                f"{expected.ref} already exists with different content; upload a new version",
-                field="version",
-            )
+        existing = self._existing(expected)
         for data in files.values():
             await self._store.blobs.put(data)
         if existing is not None:
             return existing, False
-        self._records[expected.ref] = expected
-        self._uploaded[expected.ref] = time.time()
+        await self._save(expected)
+        return expected, True
+
+    def _existing(self, record: ModuleRecord) -> ModuleRecord | None:
+        """The stored record equal to ``record``, None if its ``name@version`` is new; 422 on
+        ``version`` if that ``name@version`` holds different content (versions are immutable)."""
+        existing = self._records.get(record.ref)
+        if existing is not None and existing != record:
+            raise Unprocessable(
+                f"{record.ref} already exists with different content; upload a new version",
+                field="version",
+            )
+        return existing
+
+    async def _save(self, record: ModuleRecord) -> None:
+        """Keep a new ``name@version``, uploaded now, in memory and in the store."""
+        self._records[record.ref] = record
+        self._uploaded[record.ref] = time.time()
         await self._store.put(
             "modules",
             "ref",
             {
-                "ref": expected.ref,
-                "uploadedAt": self._uploaded[expected.ref],
-                "record": msgspec.to_builtins(expected),
+                "ref": record.ref,
+                "uploadedAt": self._uploaded[record.ref],
+                "record": msgspec.to_builtins(record),
             },
         )
-        return expected, True
 
     def get(self, ref: str) -> ModuleRecord | None:
         """Exactly ``name@version``, or None."""

@@ -124,10 +124,6 @@ async def read_bytes(request: web.Request) -> bytes:
         raise PayloadTooLarge("request body is too large") from err
 
 
-async def read_manifest(request: web.Request) -> Manifest:
-    return manifest_from(request, await read_bytes(request))
-
-
 def manifest_from(request: web.Request, body: bytes) -> Manifest:
     try:
         return parse_manifest(body, request.content_type or JSON)
@@ -528,7 +524,13 @@ async def blob(request: web.Request) -> web.FileResponse:
 @routes.post("/placements")
 async def dry_run(request: web.Request) -> web.Response:
     c = ctx(request)
-    manifest = await read_manifest(request)
+    raw = await read_bytes(request)
+    # A deployment descriptor is placed as the manifest it derives (nothing is stored).
+    descriptor = sniff_descriptor(raw, request.content_type or JSON)
+    if descriptor is not None:
+        _, _, manifest = await c.app_deployer.derived(descriptor, fetch=False)
+    else:
+        manifest = manifest_from(request, raw)
     load = c.deployments.load_by_device()
     result = await asyncio.to_thread(
         place_partitions,
@@ -853,14 +855,6 @@ _WAIT = (
     f"seconds (0..{MAX_WAIT_S:g}) to wait for the revision to settle",
     {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
 )
-_MANIFEST_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        JSON: {"schema": _ref("Manifest")},
-        MSGPACK: {"schema": _ref("Manifest")},
-        "application/toml": {"schema": _ref("Manifest")},
-    },
-}
 _DEPLOYABLE = {"anyOf": [_ref("Manifest"), _ref("Descriptor")]}
 _DEPLOY_BODY: dict[str, Any] = {
     "required": True,
@@ -987,7 +981,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 {"anyOf": [_ref("Infeasible"), _ref("Problem")]},
             ),
         },
-        body=_MANIFEST_BODY,
+        body=_DEPLOY_BODY,
     ),
     ("POST", "/deployments"): _op(
         "Deploy a manifest: a new deployment, or the next revision of one",

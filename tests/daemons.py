@@ -1,20 +1,23 @@
 """Helpers for tests that run the installed daemons as real processes on 127.0.0.1.
 
 ``OrchestratorProcess`` is the ``baton-orchestrator`` console script in its own process (the
-supervisor's counterpart is ``tests.support.SupervisorProcess``); ``until`` polls with a
-deadline; ``get_json``/``post_json`` are one request each with a timeout; ``check_history``
-checks a deployment's stored transitions against the lifecycle table.
+supervisor's counterpart is ``tests.support.SupervisorProcess``); ``supervisor_fleet`` runs
+several of those; ``until`` polls with a deadline; ``get_json``/``post_json`` are one request
+each with a timeout; ``check_history`` checks a deployment's stored transitions against the
+lifecycle table; ``FAST_FAILOVER`` are orchestrator settings that notice a lost device within
+``DETECTION_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,10 +25,23 @@ import aiohttp
 
 from orchestrator.lifecycle import TRANSITIONS, Event, State
 from tests.conftest import ROOT, WASM_DIR, free_port
+from tests.support import SupervisorProcess
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+# Health checks every _INTERVAL_S, a device lost after _LOST_AFTER misses; a check itself
+# times out after 2 s, so a killed device is noticed within DETECTION_S.
+_INTERVAL_S, _LOST_AFTER = 0.3, 2
+DETECTION_S = _INTERVAL_S * _LOST_AFTER + 2.0
+FAST_FAILOVER: dict[str, Any] = {
+    "health_interval_s": _INTERVAL_S,
+    "lost_after": _LOST_AFTER,
+    "back_after": 1,
+    "reconcile_interval_s": 0.5,
+}
+"""Keyword arguments for ``make_orchestrator``: quick loss detection and reconciliation."""
 
 
 class OrchestratorProcess:
@@ -94,6 +110,22 @@ class OrchestratorProcess:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+@contextlib.asynccontextmanager
+async def supervisor_fleet(root: Path, count: int) -> AsyncIterator[list[SupervisorProcess]]:
+    """``count`` healthy supervisor processes ``sup0``… with state under ``root``; all killed
+    on exit, including when one fails to start."""
+    sups = [SupervisorProcess(root / f"sup{i}", name=f"sup{i}") for i in range(count)]
+    try:
+        for sup in sups:
+            sup.start()
+        for sup in sups:
+            await sup.wait_healthy()
+        yield sups
+    finally:
+        for sup in sups:
+            sup.kill()
 
 
 async def until(probe: Callable[[], Awaitable[T | None]], within_s: float, what: str) -> T:

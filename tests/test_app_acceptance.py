@@ -6,7 +6,6 @@ images refused with nothing written. Real processes: one orchestrator, five supe
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -21,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator import cli
+from tests.cli_run import baton
 from tests.conftest import ROOT, WASM_DIR
 from tests.daemons import OrchestratorProcess, until
 from tests.support import SupervisorProcess
@@ -81,12 +80,6 @@ async def site(
         orch.kill()
 
 
-async def baton(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(cli.main, ["--url", url, *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 async def get(url: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200, await resp.text()
@@ -130,6 +123,11 @@ async def test_app_lifecycle_through_the_cli(
     code, out, err = await baton(capsys, url, "env", "set", "lab", "--label", "role=compute")
     assert code == 0, err
     lab = EXAMPLE / "deploy" / "lab.json"
+    # The dry run of a descriptor: the derived pipeline's placement, and nothing deployed.
+    code, out, err = await baton(capsys, url, "deploy", str(lab), "--dry-run")
+    assert code == 0 and "convert@1.0.0.c2f" in out and "threshold@1.0.0.check" in out, (out, err)
+    assert "sensor-0" in out and "label role=compute required" in out  # why not the sensor
+    assert [d["name"] for d in await get(url + "/deployments")] == ["datalist"]
     code, out, err = await baton(capsys, url, "--json", "deploy", str(lab), "--wait", "60")
     assert code == 0, err
     dep = json.loads(out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import aiohttp
@@ -150,14 +149,12 @@ async def test_a_broken_built_in_app_stops_start_up(tmp_path: Path, breakage: st
         descriptor["environment"] = "nowhere"
         (app / "deploy.json").write_text(json.dumps(descriptor))
         expected = "environment"
-    started = time.monotonic()
     log = await _refused_start(
         OrchestratorProcess(tmp_path / "state", extra=["--builtin-apps", str(folder)])
     )
     lines = [line for line in log.splitlines() if "start-up failed" in line]
     assert len(lines) == 1, log
     assert "built-in app datalist" in lines[0] and expected in lines[0], lines
-    assert time.monotonic() - started < 30
 
 
 async def test_a_state_from_a_newer_orchestrator_stops_start_up(tmp_path: Path) -> None:

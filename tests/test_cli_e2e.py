@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
-from orchestrator import cli
+from tests.cli_run import baton
 from tests.conftest import ROOT
 from tests.orchestration import Orchestrator
 from tests.stack import Stack
-
-
-async def baton(
-    capsys: pytest.CaptureFixture[str], orch: Orchestrator, *args: str
-) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(cli.main, ["--url", orch.url, *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 async def test_push_deploy_run_status_undeploy(
@@ -34,7 +25,7 @@ async def test_push_deploy_run_status_undeploy(
         dev = await stack.make_device()
         code, out, err = await baton(
             capsys,
-            orchestrator,
+            orchestrator.url,
             "devices",
             "register",
             "127.0.0.1",
@@ -42,36 +33,36 @@ async def test_push_deploy_run_status_undeploy(
             dev.url.rsplit(":", 1)[1],
         )
         assert code == 0, err
-    code, out, err = await baton(capsys, orchestrator, "modules", "push", "modules/fibo")
+    code, out, err = await baton(capsys, orchestrator.url, "modules", "push", "modules/fibo")
     assert code == 0, err
     code, out, err = await baton(
-        capsys, orchestrator, "deploy", "manifests/fibo-chain.json", "--dry-run"
+        capsys, orchestrator.url, "deploy", "manifests/fibo-chain.json", "--dry-run"
     )
     assert code == 0 and "fibo.fibo" in out, (out, err)
-    code, out, err = await baton(capsys, orchestrator, "deploy", "manifests/fibo-chain.json")
+    code, out, err = await baton(capsys, orchestrator.url, "deploy", "manifests/fibo-chain.json")
     assert code == 0 and "ACTIVE" in out, (out, err)
     code, out, err = await baton(
-        capsys, orchestrator, "--json", "run", "fibo-chain", "--arg", "param0=5"
+        capsys, orchestrator.url, "--json", "run", "fibo-chain", "--arg", "param0=5"
     )
     assert code == 0, err
     run = json.loads(out)
     assert run["value"] == 34 and len(run["trace"]) == 2
-    code, out, err = await baton(capsys, orchestrator, "trace", run["id"])
+    code, out, err = await baton(capsys, orchestrator.url, "trace", run["id"])
     assert code == 0 and run["trace"][0]["requestId"] in out
-    code, out, err = await baton(capsys, orchestrator, "status", "fibo-chain")
+    code, out, err = await baton(capsys, orchestrator.url, "status", "fibo-chain")
     assert code == 0 and "ACTIVE" in out
     # A three-hop pipeline: the trace shows every hop with its device and request id.
     three = tmp_path / "three.json"
     three.write_text(
         json.dumps({"name": "three", "sequence": [{"module": "fibo", "func": "fibo"}] * 3})
     )
-    code, out, err = await baton(capsys, orchestrator, "deploy", str(three))
+    code, out, err = await baton(capsys, orchestrator.url, "deploy", str(three))
     assert code == 0, err
-    code, out, err = await baton(capsys, orchestrator, "run", "three", "--arg", "param0=3")
+    code, out, err = await baton(capsys, orchestrator.url, "run", "three", "--arg", "param0=3")
     assert code == 0, err
     hops = [line for line in out.splitlines() if ":fibo:fibo:" in line]
     assert len(hops) == 3 and "3" in out, out  # fibo(3)=3 at every hop
-    code, out, err = await baton(capsys, orchestrator, "undeploy", "fibo-chain")
+    code, out, err = await baton(capsys, orchestrator.url, "undeploy", "fibo-chain")
     assert code == 0, err
-    code, out, err = await baton(capsys, orchestrator, "status", "fibo-chain")
+    code, out, err = await baton(capsys, orchestrator.url, "status", "fibo-chain")
     assert code == 1 and err.startswith("baton: error:") and "Traceback" not in err

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import cli
 from orchestrator.core_device import CoreDevice, core_device, node_digest
 from orchestrator.devices import DeviceRegistry
 from orchestrator.errors import Conflict, DeviceError
@@ -29,8 +28,9 @@ from supervisor.protocol import (
     Parameter,
     Schema,
 )
+from tests.cli_run import baton
 from tests.daemons import fibo
-from tests.orchestration import Orchestrator, OrchestratorFactory
+from tests.orchestration import OrchestratorFactory
 from tests.support import SupervisorProcess
 
 # --- the result store ----------------------------------------------------------------------
@@ -199,14 +199,6 @@ async def supervisor(tmp_path: Path) -> AsyncIterator[SupervisorProcess]:
         sup.kill()
 
 
-async def baton(
-    capsys: pytest.CaptureFixture[str], orch: Orchestrator, *args: str
-) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(cli.main, ["--url", orch.url, *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 async def test_a_chain_ends_on_the_orchestrator_and_its_results_are_kept(
     make_orchestrator: OrchestratorFactory,
     supervisor: SupervisorProcess,
@@ -239,18 +231,18 @@ async def test_a_chain_ends_on_the_orchestrator_and_its_results_are_kept(
     status, counts = await orch.get("/results")
     assert counts[dep["id"]] == 2
 
-    code, out, err = await baton(capsys, orch, "results", "fibo-store")
+    code, out, err = await baton(capsys, orch.url, "results", "fibo-store")
     assert code == 0, err
     assert str(fibo(7)) in out and "fibo-store" in out
-    code, out, err = await baton(capsys, orch, "results")
+    code, out, err = await baton(capsys, orch.url, "results")
     assert code == 0, err
     assert "fibo-store" in out and dep["id"] in out
 
     # The built-in datalist deployment stores what it is given.
-    code, out, err = await baton(capsys, orch, "--json", "run", "datalist", "--arg", "value=42")
+    code, out, err = await baton(capsys, orch.url, "--json", "run", "datalist", "--arg", "value=42")
     assert code == 0, err
     assert json.loads(out)["value"] == 42
-    code, out, err = await baton(capsys, orch, "--json", "results", "datalist")
+    code, out, err = await baton(capsys, orch.url, "--json", "results", "datalist")
     assert code == 0, err
     assert [e["value"] for e in json.loads(out)["entries"]] == [42]
 
@@ -259,7 +251,7 @@ async def test_a_chain_ends_on_the_orchestrator_and_its_results_are_kept(
         assert resp.status == 200
     status, kept = await orch.get(f"/results/{dep['id']}")
     assert status == 200 and kept["count"] == 2 and kept["name"] is None
-    code, out, err = await baton(capsys, orch, "results", dep["id"], "--clear")
+    code, out, err = await baton(capsys, orch.url, "results", dep["id"], "--clear")
     assert code == 0 and "removed 2" in out, (out, err)
     status, gone = await orch.get(f"/results/{dep['id']}")
     assert status == 404, gone

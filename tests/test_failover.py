@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,43 +11,22 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.daemons import DETECTION_S, FAST_FAILOVER, supervisor_fleet, until
 from tests.orchestration import Orchestrator, OrchestratorFactory
 from tests.support import SupervisorProcess
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-INTERVAL, LOST_AFTER = 0.3, 2
-DETECTION_S = INTERVAL * LOST_AFTER + 2.0  # health checks time out after 2 s
 
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[list[SupervisorProcess]]:
-    sups = [SupervisorProcess(tmp_path / f"sup{i}", name=f"sup{i}") for i in range(3)]
-    try:
-        for sup in sups:
-            sup.start()
-        for sup in sups:
-            await sup.wait_healthy()
+    async with supervisor_fleet(tmp_path, 3) as sups:
         yield sups
-    finally:
-        for sup in sups:
-            sup.kill()
 
 
 @pytest.fixture
 async def orch(make_orchestrator: OrchestratorFactory) -> Orchestrator:
-    return await make_orchestrator(
-        health_interval_s=INTERVAL, lost_after=LOST_AFTER, back_after=1, reconcile_interval_s=0.5
-    )
-
-
-async def _until(predicate: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {within_s} s: {what}")
+    return await make_orchestrator(**FAST_FAILOVER)
 
 
 async def test_lost_device_fails_over_and_wiped_device_is_redeployed(
@@ -84,7 +62,7 @@ async def test_lost_device_fails_over_and_wiped_device_is_redeployed(
             return current
         return None
 
-    current = await _until(moved, DETECTION_S + 5, "the lost device's step re-placed")
+    current = await until(moved, DETECTION_S + 5, "the lost device's step re-placed")
     assert time.monotonic() - killed_at <= DETECTION_S + 5
     assert current["revisions"][-1]["cause"].startswith("failover")
     status, run = await orch.run(dep["id"], param0=5)
@@ -104,6 +82,6 @@ async def test_lost_device_fails_over_and_wiped_device_is_redeployed(
             listed = (await resp.json())["deployments"]
         return any(d["deploymentId"] == dep["id"] for d in listed)
 
-    await _until(redeployed, 15, "the wiped device redeployed by the reconciler")
+    await until(redeployed, 15, "the wiped device redeployed by the reconciler")
     status, run = await orch.run(dep["id"], param0=5)
     assert status == 200 and run["value"] == 34, run

@@ -3,52 +3,29 @@ over the healthy ones, a lost partition re-placed, and ``partitions`` immutable 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.daemons import DETECTION_S, FAST_FAILOVER, supervisor_fleet, until
 from tests.orchestration import Orchestrator, OrchestratorFactory
 from tests.support import SupervisorProcess
 
-INTERVAL, LOST_AFTER = 0.3, 2
-DETECTION_S = INTERVAL * LOST_AFTER + 2.0  # health checks time out after 2 s
 FIBO = {5: 8, 6: 13, 7: 21}
 
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[list[SupervisorProcess]]:
-    sups = [SupervisorProcess(tmp_path / f"sup{i}", name=f"sup{i}") for i in range(4)]
-    try:
-        for sup in sups:
-            sup.start()
-        for sup in sups:
-            await sup.wait_healthy()
+    async with supervisor_fleet(tmp_path, 4) as sups:
         yield sups
-    finally:
-        for sup in sups:
-            sup.kill()
 
 
 @pytest.fixture
 async def orch(make_orchestrator: OrchestratorFactory) -> Orchestrator:
-    return await make_orchestrator(
-        health_interval_s=INTERVAL, lost_after=LOST_AFTER, back_after=1, reconcile_interval_s=0.5
-    )
-
-
-async def _until(predicate: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {within_s} s: {what}")
+    return await make_orchestrator(**FAST_FAILOVER)
 
 
 async def _listed(orch: Orchestrator, sup: SupervisorProcess) -> set[str]:
@@ -105,7 +82,7 @@ async def test_two_partitions_run_on_distinct_devices_share_executions_and_fail_
             return now
         return None
 
-    now = await _until(replaced, DETECTION_S + 10, "partition 1 re-placed off the lost device")
+    now = await until(replaced, DETECTION_S + 10, "partition 1 re-placed off the lost device")
     assert now["revisions"][-1]["cause"].startswith("failover"), now["revisions"]
     placed = [p["devices"] for p in now["partitions"]]
     assert not set(placed[0]) & set(placed[1]), placed
