@@ -69,7 +69,12 @@ class PipelineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ApplicationSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The image's ``application.json``."""
+    """The image's ``application.json``.
+
+    ``uses`` maps a name pipelines may use as a step's ``module`` to a built-in package the
+    orchestrator provides (``"datalist": "datalist@1.0.0"``): it is not in the image, so
+    its functions are checked when the image is pushed, against the orchestrator's own.
+    """
 
     schemaVersion: int
     name: str
@@ -77,6 +82,7 @@ class ApplicationSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pipelines: list[PipelineSpec]
     packages: list[str]
     description: str = ""
+    uses: dict[str, str] = {}
 
 
 class PackageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -250,6 +256,20 @@ def _check_application(app: ApplicationSpec) -> None:
         if name in listed:
             raise ImageError(f"package {name!r} listed twice", field=f"{where}.packages[{i}]")
         listed.add(name)
+    for name, ref in app.uses.items():
+        _name(name, f"{where}.uses")
+        package, at, version = ref.partition("@")
+        if not at or not package or not version:
+            raise ImageError(
+                f"{ref!r} is not a built-in package's name@version", field=f"{where}.uses.{name}"
+            )
+        _name(package, f"{where}.uses.{name}")
+        _name(version, f"{where}.uses.{name}")
+        if name in listed:
+            raise ImageError(
+                f"{name!r} is both a package of the image and a built-in one it uses",
+                field=f"{where}.uses.{name}",
+            )
 
 
 def _check_packages(app: ApplicationSpec, packages: Mapping[str, Package]) -> None:
@@ -269,6 +289,9 @@ def _check_packages(app: ApplicationSpec, packages: Mapping[str, Package]) -> No
         steps: set[str] = set()
         for j, step in enumerate(pipeline.sequence):
             package = packages.get(step.module)
+            if package is None and step.module in app.uses:
+                steps.add(f"{step.module}.{step.func}")  # checked against the orchestrator's
+                continue
             if package is None:
                 raise ImageError(
                     f"unknown package {step.module!r}", field=f"{at}.sequence[{j}].module"

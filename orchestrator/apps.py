@@ -43,7 +43,8 @@ class StaticInfo(msgspec.Struct, frozen=True):
 
 
 class AppRecord(msgspec.Struct, frozen=True):
-    """A stored app version. ``packages``: package name → its module ref ``name@version``."""
+    """A stored app version. ``packages``: package name → its module ref ``name@version``;
+    ``uses``: the built-in packages its pipelines use, the same way."""
 
     name: str
     version: str
@@ -55,6 +56,7 @@ class AppRecord(msgspec.Struct, frozen=True):
     static: StaticInfo | None
     uploadedAt: float
     builtin: bool = False
+    uses: dict[str, str] = {}
 
     @property
     def ref(self) -> str:
@@ -123,6 +125,7 @@ class AppRegistry:
                     field="version",
                 )
             self._check_packages(image)
+            self._check_uses(image)
             record = await self._write(image, data, builtin=allow_core)
             return record, True
 
@@ -136,6 +139,27 @@ class AppRegistry:
                     "package a new version",
                     field=f"packages.{name}.version",
                 )
+
+    def _check_uses(self, image: AppImage) -> None:
+        """Every built-in package the pipelines use exists here, with the functions used."""
+        for name, ref in sorted(image.app.uses.items()):
+            field = f"application.json.uses.{name}"
+            module = self._modules.get(ref)
+            if module is None or module.runtime != "core":
+                raise Unprocessable(
+                    f"this orchestrator has no built-in package {ref} (is it started with "
+                    "--builtin-apps disabled?)",
+                    field=field,
+                )
+            for pipeline in image.app.pipelines:
+                for step in pipeline.sequence:
+                    if step.module == name and step.func not in module.functions:
+                        known = ", ".join(sorted(module.functions))
+                        raise Unprocessable(
+                            f"built-in package {ref} has no function {step.func!r} "
+                            f"(has: {known})",
+                            field=field,
+                        )
 
     async def _write(self, image: AppImage, data: bytes, *, builtin: bool) -> AppRecord:
         await self.store.blobs.put(data)
@@ -169,6 +193,7 @@ class AppRegistry:
             description=image.app.description,
             pipelines=list(image.app.pipelines),
             packages=refs,
+            uses=dict(image.app.uses),
             static=static,
             uploadedAt=time.time(),
             builtin=builtin,

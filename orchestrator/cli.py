@@ -793,14 +793,23 @@ def _revision_error(dep: Deployment, number: int) -> str:
 
 
 def _hosts(dep: Deployment) -> str:
+    """Where it runs: ``cam, gw``, or per partition ``cam, gw | cam2, gw2 (2 partitions)``."""
     placement = dep.get("placement") or {}
     names = _names(placement.get("steps", []))
-    chosen: list[str] = []
-    for step in placement.get("steps", []):
-        host = names.get(step.get("device", ""), _short(step.get("device", "")))
-        if host not in chosen:
-            chosen.append(host)
-    return ", ".join(chosen)
+    partitions = [p.get("devices", []) for p in dep.get("partitions") or []]
+    if not partitions:
+        partitions = [[step.get("device", "") for step in placement.get("steps", [])]]
+    chains = []
+    for devices in partitions:
+        chosen: list[str] = []
+        for device in devices:
+            host = names.get(device, _short(device))
+            if host not in chosen:
+                chosen.append(host)
+        chains.append(", ".join(chosen))
+    if len(chains) > 1:
+        return f"{' | '.join(chains)} ({len(chains)} partitions)"
+    return chains[0]
 
 
 async def cmd_deployments(ctx: Ctx, args: argparse.Namespace) -> int:

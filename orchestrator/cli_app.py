@@ -150,13 +150,15 @@ def describe_image(image: AppImage) -> str:
             params = ", ".join(f"{p.name}: {p.type}" for p in fn.params)
             mounts = "".join(f"  [{m.stage} {m.name}]" for m in fn.mounts)
             lines.append(f"    {fname}({params}) -> {fn.output or 'file'}{mounts}")
+    for name, ref in sorted(image.app.uses.items()):
+        lines.append(f"  {name}: the orchestrator's built-in {ref}")
     lines.append("pipelines:")
     for pipeline in image.app.pipelines:
         steps = " -> ".join(f"{s.module}.{s.func}" for s in pipeline.sequence)
         lines.append(f"  {pipeline.name}: {steps}")
     if image.static is not None:
         lines.append(
-            f"static: {image.static.name} ({len(image.static.files)} files, "
+            f"static: {image.static.name} ({_count(len(image.static.files), 'file')}, "
             f"index {image.static.index})"
         )
     return "\n".join(lines)
@@ -258,3 +260,7 @@ def _fail(err: BuildError | ImageError) -> int:
 def _say(text: str) -> None:
     """One line (or block) on stdout, for people or for ``--json`` readers."""
     sys.stdout.write(text + "\n")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"

@@ -88,7 +88,8 @@ def format_counts(counts: dict[str, int], names: dict[str, str]) -> str:
 def format_entries(body: dict[str, Any]) -> str:
     entries = body.get("entries") or []
     title = body.get("name") or body.get("deployment", "?")
-    head = f"{title} ({body.get('deployment')}): {body.get('count', len(entries))} results"
+    count = body.get("count", len(entries))
+    head = f"{title} ({body.get('deployment')}): {count} result{'' if count == 1 else 's'}"
     if not entries:
         return head
     rows = [

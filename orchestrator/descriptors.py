@@ -213,7 +213,7 @@ def derive(descriptor: Descriptor, app: AppRecord, env: Environment) -> Manifest
     sequence: list[Step] = []
     keys: list[str] = []
     for step in pipeline.sequence:
-        ref = app.packages.get(step.module)
+        ref = app.packages.get(step.module) or app.uses.get(step.module)
         if ref is None:  # read_image refuses such an image; a stored record always has it
             raise Unprocessable(f"pipeline step names unknown package {step.module!r}")
         sequence.append(Step(module=ref, func=step.func))

@@ -146,6 +146,19 @@ async def test_app_lifecycle_through_the_cli(
     again = json.loads(out)
     assert again["id"] == dep["id"] and len(again["revisions"]) == 1  # a no-op
 
+    # The app's "record" pipeline ends in the built-in datalist: values land in the results.
+    record = descriptor(tmp_path, "record", name="thermo-record", pipeline="record")
+    code, out, err = await baton(capsys, url, "--json", "deploy", str(record), "--wait", "60")
+    assert code == 0 and json.loads(out)["state"] == "ACTIVE", (out, err)
+    for celsius in (0, 100):
+        code, out, err = await baton(
+            capsys, url, "run", "thermo-record", "--arg", f"celsius={celsius}"
+        )
+        assert code == 0, err
+    code, out, err = await baton(capsys, url, "--json", "results", "thermo-record")
+    assert code == 0, err
+    assert [e["value"] for e in json.loads(out)["entries"]] == [32, 212]
+
     # 2. Two partitions over the four compute devices: two chains on distinct devices,
     # 100 executions spread over both, one partition's device killed and re-placed.
     parted = descriptor(tmp_path, "parted", name="thermo-parted", params={"partitions": 2})

@@ -96,7 +96,8 @@ def test_example_builds_and_validates(built_example: tuple[Path, bytes, str]) ->
     img = read_image(data)
     assert img.digest == digest
     assert (img.app.name, img.app.version) == ("thermo", "1.0.0")
-    assert [p.name for p in img.app.pipelines] == ["main", "convert-only"]
+    assert [p.name for p in img.app.pipelines] == ["main", "convert-only", "record"]
+    assert img.app.uses == {"datalist": "datalist@1.0.0"}  # the orchestrator's result store
     # Folder names differ from package names: the package.json name is what counts.
     assert {n: p.folder for n, p in img.packages.items()} == {
         "convert": "pkg-convert",

@@ -716,3 +716,32 @@ def test_any_corruption_is_an_image_error_never_a_crash(
         assert err.status in {400, 413, 422} and err.field
     else:  # a flip in a part nobody reads (or one that still makes a valid image)
         assert img.app.name
+
+
+STORE = {
+    "name": "store",
+    "sequence": [{"module": "convert", "func": "c2f"}, {"module": "dl", "func": "push"}],
+}
+
+
+def test_pipelines_may_use_a_declared_built_in_package() -> None:
+    pipelines = [*application()["pipelines"], STORE]
+    doc = application(pipelines=pipelines, uses={"dl": "datalist@1.0.0"})
+    img = read_image(image({"application.json": js(doc)}))
+    assert img.app.uses == {"dl": "datalist@1.0.0"}
+    assert [s.module for s in img.pipeline("store").sequence] == ["convert", "dl"]
+
+
+@pytest.mark.parametrize(
+    ("uses", "field"),
+    [
+        ({}, "application.json.pipelines[2].sequence[1].module"),  # not declared
+        ({"dl": "datalist"}, "application.json.uses.dl"),  # no version
+        ({"dl": "../x@1"}, "application.json.uses.dl"),
+        ({"dl": "datalist@1.0.0", "convert": "x@1"}, "application.json.uses.convert"),
+    ],
+)
+def test_undeclared_or_malformed_uses_are_refused(uses: dict[str, str], field: str) -> None:
+    doc = application(pipelines=[*application()["pipelines"], STORE], uses=uses)
+    err = refused(image({"application.json": js(doc)}))
+    assert err.status == 422 and err.field == field, (err.field, err.message)

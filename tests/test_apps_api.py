@@ -317,3 +317,30 @@ async def test_descriptor_deploys_runs_and_is_idempotent(
         assert resp.status == 200
     async with orch.session.delete(orch.url + "/environments/lab") as resp:
         assert resp.status == 200, await resp.text()
+
+
+async def test_a_used_built_in_package_must_exist_with_the_functions_used(
+    orchestrator: Orchestrator, tmp_path: Path
+) -> None:
+    orch = orchestrator
+
+    def using(root: Path, ref: str, func: str) -> bytes:
+        src = app_source(root)
+        doc = json.loads((src / "application.json").read_text())
+        doc["uses"] = {"store": ref}
+        store = [{"module": "fa", "func": "fibo"}, {"module": "store", "func": func}]
+        doc["pipelines"].append({"name": "kept", "sequence": store})
+        (src / "application.json").write_text(json.dumps(doc))
+        return pack(src)
+
+    before = snapshot(orch.state_dir)
+    for root, ref, func in (
+        ("a", "datalist@9.9.9", "push"),  # no such built-in version
+        ("b", "fa@1.0.0", "fibo"),  # not built in (and not stored either)
+        ("c", "datalist@1.0.0", "nope"),  # no such function
+    ):
+        status, problem = await push(orch, using(tmp_path / root, ref, func))
+        assert status == 422 and problem["field"] == "application.json.uses.store", problem
+    assert snapshot(orch.state_dir) == before
+    status, body = await push(orch, using(tmp_path / "d", "datalist@1.0.0", "push"))
+    assert status == 201, body
