@@ -156,8 +156,7 @@ class AppRegistry:
                     if step.module == name and step.func not in module.functions:
                         known = ", ".join(sorted(module.functions))
                         raise Unprocessable(
-                            f"built-in package {ref} has no function {step.func!r} "
-                            f"(has: {known})",
+                            f"built-in package {ref} has no function {step.func!r} (has: {known})",
                             field=field,
                         )
 

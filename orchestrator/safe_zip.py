@@ -75,6 +75,7 @@ def read_entries(data: bytes, limits: ImageLimits) -> dict[str, bytes]:
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
+        NotImplementedError,
         ValueError,
         OSError,
         EOFError,
@@ -222,6 +223,8 @@ def _inflate(
                 _check_ratio(len(out), info.compress_size, name, limits)
     except ImageError:
         raise
+    except NotImplementedError as err:  # e.g. "zip file version 8.4" needed to extract it
+        raise ImageError(f"unsupported zip feature: {err}", field=name) from err
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error) as err:
         raise ImageError(f"cannot read entry: {err}", field=name, status=400) from err
     return bytes(out)

@@ -157,7 +157,13 @@ def central_records(data: bytes) -> list[int]:
 
 def patch_central(data: bytes, name: bytes, **fields: int) -> bytes:
     """Overwrite header fields (flags, method, crc, usize) of entry ``name`` in the directory."""
-    layout = {"flags": (8, "<H"), "method": (10, "<H"), "crc": (16, "<I"), "usize": (24, "<I")}
+    layout = {
+        "needs": (6, "<H"),  # version needed to extract
+        "flags": (8, "<H"),
+        "method": (10, "<H"),
+        "crc": (16, "<I"),
+        "usize": (24, "<I"),
+    }
     out = bytearray(data)
     for at in central_records(data):
         (name_len,) = struct.unpack_from("<H", data, at + 28)
@@ -695,6 +701,12 @@ def test_deflate_stream_that_is_corrupt_is_400() -> None:
 
 
 VALID = zip_entries(tree())
+
+
+def test_an_entry_needing_a_newer_zip_version_is_refused_not_a_crash() -> None:
+    # Found by the property below: zipfile raises NotImplementedError for "version 8.4".
+    err = refused(patch_central(VALID, b"application.json", needs=84))
+    assert (err.status, err.field) == (400, "image") and "version 8.4" in err.message
 
 
 @settings(max_examples=300, deadline=None)
