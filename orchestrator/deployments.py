@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -38,7 +37,8 @@ from orchestrator.errors import (
     Timeout,
     Unprocessable,
 )
-from orchestrator.lifecycle import Event, State, Transition
+from orchestrator.gate import ExecutionGate
+from orchestrator.lifecycle import Event, State
 from orchestrator.manifests import (
     ManifestError,
     check_references,
@@ -48,7 +48,15 @@ from orchestrator.manifests import (
 from orchestrator.model import DeviceView, Manifest
 from orchestrator.modules import ModuleRegistry
 from orchestrator.partitions import choose_partition, place_partitions
-from orchestrator.placement import Infeasible, Placement
+from orchestrator.placement import Infeasible
+from orchestrator.revisions import (
+    Deployment,
+    Revision,
+    explain,
+    node_key,
+    partition_count,
+    without_candidates,
+)
 from orchestrator.solution import build_nodes
 from orchestrator.store import Store
 from orchestrator.supervisor_client import SupervisorClient
@@ -56,113 +64,13 @@ from supervisor.protocol import DeploymentNode
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Revision(msgspec.Struct):
-    number: int
-    manifest: Manifest
-    digest: str
-    state: State = State.QUEUED
-    placement: Placement | None = None  # partition 0
-    more: list[Placement] = []  # partitions 1.. (``Manifest.partitions`` > 1)
-    nodes: dict[str, DeploymentNode] = {}  # job key (``orchestrator.jobs``) -> mini-manifest
-    node_digests: dict[
-        str, str | None
-    ] = {}  # device id -> digest it acknowledged (None: reference)
-    error: str | None = None
-    failed_step: str | None = None
-    timings: dict[str, float] = {}  # plan step id -> seconds
-    settled: bool = False  # the whole plan (or its rollback) has run, cleanup included
-    cause: str | None = None  # why the orchestrator itself made this revision (failover)
-
-    def placements(self) -> list[Placement]:
-        """Every partition's placement, partition 0 first (empty before planning)."""
-        return [] if self.placement is None else [self.placement, *self.more]
-
-    def devices(self) -> set[str]:
-        """The devices this revision puts something on."""
-        return {jobs.device_of(key) for key in self.nodes}
-
-
-class Deployment(msgspec.Struct):
-    id: str
-    name: str
-    revisions: list[Revision] = []
-    active: int | None = None  # number of the revision running on the devices
-    events: list[Transition] = []
-    jobs: dict[
-        str, dict[str, Any]
-    ] = {}  # device id -> {"scheduled": digest, "current": digest|None}
-
-    def revision(self, number: int) -> Revision:
-        return self.revisions[number - 1]
-
-    @property
-    def latest(self) -> Revision:
-        return self.revisions[-1]
+__all__ = ["Deployment", "Deployments", "Revision", "explain"]
 
 
 @dataclass
 class _Queue:
     pending: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
-
-
-class _Gate:
-    """Executions of one deployment vs. changes of what its devices run.
-
-    Every device keeps one mini-manifest per deployment, so while a revision is pushed (or
-    rolled back) the devices hold a mix of two revisions: a step whose device changed role
-    forwards to the new next hop, or stops the chain early. An execution must never follow
-    such a chain. The gate is writer-preferring: ``close`` makes new executions wait and
-    waits (bounded) until the running ones are done; ``open`` (at the switch, or once the
-    rollback ran) lets the waiting ones go, on the revision that is now active.
-    """
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.changing = False
-        self._opened = asyncio.Event()
-        self._opened.set()
-        self._drained = asyncio.Event()
-        self._drained.set()
-
-    async def enter(self, wait_s: float) -> bool:
-        """Take an execution slot; False if the deployment kept changing for ``wait_s``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                while self.changing:
-                    await self._opened.wait()
-        if self.changing:
-            return False
-        self.running += 1
-        self._drained.clear()
-        return True
-
-    def leave(self) -> None:
-        self.running -= 1
-        if self.running <= 0:
-            self.running = 0
-            self._drained.set()
-
-    async def close(self, drain_s: float) -> bool:
-        """Start a change; True once no execution runs (False: some still did after
-        ``drain_s``, which only happens past their own deadline)."""
-        self.changing = True
-        self._opened.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_s):
-                await self._drained.wait()
-        return self.running == 0
-
-    def hold(self) -> None:
-        """Closed from the start (a change resumed after a restart: nothing runs yet)."""
-        self.changing = True
-        self._opened.clear()
-
-    def open(self) -> None:
-        self.changing = False
-        self._opened.set()
 
 
 class Deployments:
@@ -190,7 +98,7 @@ class Deployments:
         self._deployments: dict[str, Deployment] = {}
         self._queues: dict[str, _Queue] = {}
         self._changed = asyncio.Condition()
-        self._gates: dict[str, _Gate] = {}
+        self._gates: dict[str, ExecutionGate] = {}
         self._drain_s = drain_s
         self._retry_s = retry_s
         # Held while a revision is applied, and by the reconciler while it changes a device
@@ -235,13 +143,13 @@ class Deployments:
         busy: set[str] = set()
         for dep in self._deployments.values():
             if not dep.latest.settled:
-                busy.update(jobs.remote_id(dep.id, k) for k in range(_partitions(dep)))
+                busy.update(jobs.remote_id(dep.id, k) for k in range(partition_count(dep)))
                 continue
             if dep.active is None:
                 continue
             for key, node in dep.revision(dep.active).nodes.items():
                 if jobs.device_of(key) == device_id:
-                    desired[node.deploymentId] = (_node_key(node), node)
+                    desired[node.deploymentId] = (node_key(node), node)
         return desired, busy
 
     async def fail_over(self, device_id: str) -> list[str]:
@@ -320,8 +228,8 @@ class Deployments:
             if not rev.settled:
                 continue  # a revision being applied still needs all of it
             if rev.placement is not None and any(s.candidates for s in rev.placement.steps):
-                rev.placement = _without_candidates(rev.placement)
-                rev.more = [_without_candidates(p) for p in rev.more]
+                rev.placement = without_candidates(rev.placement)
+                rev.more = [without_candidates(p) for p in rev.more]
             if rev.number != dep.active:
                 rev.nodes = {}
 
@@ -406,8 +314,8 @@ class Deployments:
         async with lock:
             yield True
 
-    def _gate(self, dep_id: str) -> _Gate:
-        return self._gates.setdefault(dep_id, _Gate())
+    def _gate(self, dep_id: str) -> ExecutionGate:
+        return self._gates.setdefault(dep_id, ExecutionGate())
 
     async def _close_gate(self, dep: Deployment) -> None:
         if not await self._gate(dep.id).close(self._drain_s):
@@ -629,7 +537,7 @@ class Deployments:
         """device id -> digest of the mini-manifest revision ``number`` puts there."""
         if number is None:
             return {}
-        return {d: _node_key(n) for d, n in dep.revision(number).nodes.items()}
+        return {d: node_key(n) for d, n in dep.revision(number).nodes.items()}
 
     async def _deploy(self, dep: Deployment, rev: Revision) -> None:
         steps = plan.plan_apply(self._keys(dep, dep.active), self._keys(dep, rev.number))
@@ -782,7 +690,7 @@ class Deployments:
     def _update_jobs(self, dep: Deployment, rev: Revision) -> None:
         dep.jobs = {
             device: {
-                "scheduled": f"sha256:{_node_key(node)}",
+                "scheduled": f"sha256:{node_key(node)}",
                 "current": rev.node_digests.get(device),  # as the device reported it
             }
             for device, node in rev.nodes.items()
@@ -806,53 +714,3 @@ def _relax_lost_pins(manifest: Manifest, views: list[DeviceView]) -> Manifest:
         for s in manifest.sequence
     ]
     return msgspec.structs.replace(manifest, sequence=steps)
-
-
-def _partitions(dep: Deployment) -> int:
-    """The most partitions any revision of ``dep`` that may be on devices has."""
-    numbers = [dep.latest.manifest.partitions]
-    if dep.active is not None:
-        numbers.append(dep.revision(dep.active).manifest.partitions)
-    return max(numbers)
-
-
-def _without_candidates(placement: Placement) -> Placement:
-    return Placement(steps=[msgspec.structs.replace(s, candidates=[]) for s in placement.steps])
-
-
-def _node_key(node: DeploymentNode) -> str:
-    """A stable digest of a mini-manifest (what plan_apply compares between revisions)."""
-    return hashlib.sha256(
-        msgspec.json.encode(msgspec.to_builtins(node), order="sorted")
-    ).hexdigest()
-
-
-def explain(dep: Deployment) -> Mapping[str, Any]:
-    """The deployment as ``GET /deployments/{id}`` shows it."""
-    latest = dep.latest
-    return {
-        "id": dep.id,
-        "name": dep.name,
-        "revision": latest.number,
-        "state": latest.state,
-        "active": dep.active,
-        "placement": msgspec.to_builtins(latest.placement) if latest.placement else None,
-        "partitions": [
-            {"partition": k, "devices": p.devices()} for k, p in enumerate(latest.placements())
-        ],
-        "error": latest.error,
-        "failedStep": latest.failed_step,
-        "timings": latest.timings,
-        "jobs": dep.jobs,
-        "revisions": [
-            {
-                "number": r.number,
-                "state": r.state,
-                "digest": r.digest,
-                "error": r.error,
-                "cause": r.cause,
-            }
-            for r in dep.revisions
-        ],
-        "events": msgspec.to_builtins(dep.events),
-    }

@@ -1,6 +1,6 @@
 """The REST API of apps and environments: ``/apps`` (images, their static pages) and
-``/environments``. Registered on :data:`orchestrator.routes.routes`, documented in its
-:data:`~orchestrator.routes.OPERATIONS`; importing this module is what adds them.
+``/environments``. Registered on :data:`orchestrator.routes.routes`, documented in
+:data:`orchestrator.api_doc.OPERATIONS`; importing this module is what adds them.
 
 Static pages are served from the content-addressed blobs the registry extracted at upload:
 a request's path is only ever a key into the app record's file map.
@@ -13,24 +13,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from orchestrator.api_doc import OPERATIONS, SCHEMA_TYPES_EXTRA, _json, _op, _ref
 from orchestrator.app_image import ImageLimits
 from orchestrator.apps import AppRecord
 from orchestrator.descriptors import Descriptor
 from orchestrator.environments import Environment, EnvironmentSpec, make_environment
 from orchestrator.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
-from orchestrator.routes import (
-    OPERATIONS,
-    SCHEMA_TYPES_EXTRA,
-    _json,
-    _op,
-    _ref,
-    authorize,
-    ctx,
-    decode_body,
-    read_bytes,
-    reply,
-    routes,
-)
+from orchestrator.request_input import decode_body, read_bytes
+from orchestrator.routes import authorize, ctx, reply, routes
 
 ZIP = "application/zip"
 _ZIP_TYPES = frozenset({ZIP, "application/octet-stream", "application/x-zip-compressed"})

@@ -4,8 +4,8 @@ The core device's function endpoints are served exactly where a supervisor serve
 (``{GET,POST,PUT} /{deployment}/modules/{module}/{func}`` answering ``{"resultUrl"}``, and
 ``GET /request-history/{id}``), so a chain can hop onto the orchestrator and an execution can
 follow it there. ``/results`` reads and clears what ``datalist.push`` stored. Registered on
-:data:`orchestrator.routes.routes` and documented in its
-:data:`~orchestrator.routes.OPERATIONS`; importing this module is what adds them.
+:data:`orchestrator.routes.routes` and documented in
+:data:`orchestrator.api_doc.OPERATIONS`; importing this module is what adds them.
 
 Without the core device (built-in apps disabled) these routes answer 404.
 """
@@ -17,25 +17,19 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from orchestrator.api_doc import OPERATIONS, _json, _op
 from orchestrator.core_device import CORE_ID, CoreDevice
 from orchestrator.errors import BadRequest, NotFound
-from orchestrator.results import ResultStore
-from orchestrator.routes import (
+from orchestrator.request_input import (
     JSON,
     MSGPACK_TYPES,
-    OPERATIONS,
-    Context,
-    _json,
-    _op,
-    authorize,
-    ctx,
     decode_body,
     read_bytes,
     read_form,
-    reply,
-    routes,
     wait_param,
 )
+from orchestrator.results import ResultStore
+from orchestrator.routes import Context, authorize, ctx, reply, routes
 
 MAX_LIMIT = 10_000
 _FUNCTION = "/{deployment}/modules/{module}/{func}"
