@@ -127,7 +127,10 @@ def _static(request: web.Request, record: AppRecord) -> web.StreamResponse:
     path = c.store.blobs.path(blob)
     if not path.is_file():
         raise NotFound(f"a static file of {record.ref} is missing from the blob store")
-    return web.FileResponse(path, headers={"Content-Type": ctype})
+    # The type is the one the image's file name implies; a browser must not guess another
+    # (an uploaded .txt sniffed as HTML would run as a page of the orchestrator's origin).
+    headers = {"Content-Type": ctype, "X-Content-Type-Options": "nosniff"}
+    return web.FileResponse(path, headers=headers)
 
 
 # --- environments ---------------------------------------------------------------------------

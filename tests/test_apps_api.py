@@ -155,6 +155,7 @@ async def test_push_list_show_image_and_static_pages(
         async with orch.session.get(orch.url + path) as resp:
             assert resp.status == 200, path
             assert resp.content_type == "text/html"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
             assert await resp.read() == INDEX
     async with orch.session.get(orch.url + "/apps/fib/static/css/site.css") as resp:
         assert resp.status == 200 and resp.content_type == "text/css"
