@@ -757,15 +757,20 @@ async def test_a_mutating_route_without_its_token_is_a_401_problem(
     server = await aiohttp_server(build_app(settings))
     url = str(server.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as session:
-        for method, path in (
-            ("POST", "/devices"),
-            ("POST", "/file/device/discovery/register"),
-            ("POST", "/devices/x/cordon"),
-            ("POST", "/devices/x/uncordon"),
-            ("POST", "/modules"),
-            ("POST", "/deployments"),
-            ("DELETE", "/deployments/x"),
-        ):
+        # Every route that changes something. Open on purpose: the dry run (it changes
+        # nothing), executions and the core device's function endpoints (like a supervisor's:
+        # DESIGN, function endpoints open by default).
+        mutating = sorted(
+            (method, re.sub(r"\{[^}]+\}", "x", path))
+            for method, path in app_routes()
+            if method not in {"GET", "HEAD"}
+            and path != "/placements"
+            and not path.startswith("/{deployment}/")
+            and not path.endswith("/executions")
+        )
+        assert ("POST", "/apps") in mutating and ("DELETE", "/results/x") in mutating
+        assert ("PUT", "/environments/x") in mutating and len(mutating) >= 11, mutating
+        for method, path in mutating:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
                 async with session.request(method, url + path, data=b"{", headers=headers) as resp:
                     body = await resp.json()
@@ -776,7 +781,10 @@ async def test_a_mutating_route_without_its_token_is_a_401_problem(
         ) as resp:
             assert msgspec.msgpack.decode(await resp.read())["type"] == "unauthorized"
         # Read routes need no token, and nothing answered carries it.
-        reads = ("/health", "/devices", "/modules", "/deployments", "/metrics", "/openapi.json")
+        reads = (
+            *("/health", "/devices", "/modules", "/deployments", "/metrics", "/openapi.json"),
+            *("/apps", "/environments", "/results"),
+        )
         for path in reads:
             async with session.get(url + path) as resp:
                 assert resp.status == 200, path
