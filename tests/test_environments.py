@@ -15,6 +15,7 @@ from orchestrator.environments import (
     Environment,
     EnvironmentFileError,
     EnvironmentRegistry,
+    load_environments_file,
     parse_environments_file,
 )
 from orchestrator.model import Limits
@@ -181,3 +182,13 @@ async def test_cli_env_commands(tmp_path: Path) -> None:
         assert done.returncode == 2  # a usage error, caught by the parser
     finally:
         orch.kill()
+
+
+def test_the_example_environments_file_is_what_the_readme_says() -> None:
+    path = Path(__file__).resolve().parent.parent / "examples" / "environments.toml"
+    envs = {e.name: e for e in load_environments_file(path)}
+    assert set(envs) == {"lab", "factory-a"}
+    assert envs["lab"].labels == {"role": "compute"} and envs["lab"].zones == []
+    factory = envs["factory-a"]
+    assert factory.labels == {"site": "factory-a"} and factory.zones == ["line-1", "line-2"]
+    assert factory.limits == Limits(timeoutMs=2000, memoryBytes=32 * 1024 * 1024)
