@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 UNIT = "baton-supervisor.service"
+ORCH_UNIT = "baton-orchestrator.service"
 POLL_S = 0.2
 # Properties worth keeping from `systemctl show`; the full output is saved as well.
 PROPS = ("ActiveState", "SubState", "MainPID", "NRestarts", "Result", "WatchdogUSec")
@@ -80,6 +81,55 @@ def wait_for(port: int, timeout_s: float, done: Any) -> tuple[dict[str, Any], fl
         time.sleep(POLL_S)
 
 
+def api(port: int, path: str, body: Any = None) -> tuple[int | None, Any]:
+    """(status, decoded JSON) of a GET, or a POST of ``body``; (None, reason) if unreachable."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+    except (OSError, ValueError) as err:
+        return None, repr(err)
+
+
+def check_orchestrator(port: int, timeout_s: float) -> dict[str, Any]:
+    """The orchestrator under its shipped unit: up, its built-in datalist bootstrapped from
+    the installed wheel, and a value stored and read back through it."""
+    deadline = time.monotonic() + timeout_s
+    status: int | None = None
+    while time.monotonic() < deadline:
+        status, _ = api(port, "/health")
+        if status == 200:
+            break
+        time.sleep(POLL_S)
+    props = show(ORCH_UNIT)
+    pid = int(props.get("MainPID", "0") or 0)
+    report: dict[str, Any] = {
+        "health": status,
+        "active": props.get("ActiveState") == "active",
+        "uid": process_uid(pid) if pid else None,
+    }
+    if status != 200:
+        return report
+    _, datalist = api(port, "/deployments/datalist")
+    report["datalist"] = datalist.get("state") if isinstance(datalist, dict) else datalist
+    run_status, run = api(port, "/deployments/datalist/executions", {"value": 7})
+    report["run"] = [run_status, run.get("value") if isinstance(run, dict) else run]
+    _, results = api(port, "/results/datalist")
+    entries = results.get("entries", []) if isinstance(results, dict) else []
+    report["results"] = [e.get("value") for e in entries]
+    state = Path("/var/lib/private/baton-orchestrator")
+    report["state_entries"] = sorted(p.name for p in state.iterdir()) if state.is_dir() else []
+    return report
+
+
 def save(results: Path, name: str, argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     (results / name).write_text(proc.stdout + proc.stderr, encoding="utf-8")
@@ -90,6 +140,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--orchestrator-port", type=int, default=0)
     args = parser.parse_args()
     results: Path = args.results
     report: dict[str, Any] = {}
@@ -118,6 +169,8 @@ def main() -> None:
         report["after"] = after
         report["recovered_after_s"] = waited
         save(results, "show-after.txt", ["systemctl", "show", UNIT])
+        if args.orchestrator_port:
+            report["orchestrator"] = check_orchestrator(args.orchestrator_port, args.timeout)
     finally:
         state = Path("/var/lib/private/baton-supervisor")
         report["state_dir"] = {
@@ -132,6 +185,11 @@ def main() -> None:
             ["journalctl", "--no-pager", "-o", "short-precise", "-u", UNIT],
         )
         save(results, "status.txt", ["systemctl", "status", "--no-pager", "-l", UNIT])
+        save(
+            results,
+            "orchestrator-journal.txt",
+            ["journalctl", "--no-pager", "-o", "short-precise", "-u", ORCH_UNIT],
+        )
         save(results, "boot-journal.txt", ["journalctl", "--no-pager", "-o", "short-precise", "-b"])
         (results / "check.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
 

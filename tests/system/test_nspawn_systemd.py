@@ -4,6 +4,8 @@ The container gets the repo's ``systemd/baton-supervisor.service`` unchanged (pl
 a short watchdog so the test is quick), Baton installed the way the README says (a venv at
 /opt/baton/venv, wheels, /etc/baton/supervisor.env), and a oneshot unit running
 ``container_check.py``, which freezes the daemon with SIGSTOP and records how systemd reacts.
+``systemd/baton-orchestrator.service`` runs beside it unchanged (/etc/baton/orchestrator.env):
+the check then stores a value through its bootstrapped built-in datalist and reads it back.
 Needs root; run it with ``make test-system`` (deselected from ``make test``).
 """
 
@@ -27,6 +29,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "baton-supervisor.service"
+ORCH_UNIT = "baton-orchestrator.service"
+ORCH_PORT = 3000
 CHECK_UNIT = "baton-system-check.service"
 # --private-network leaves the container only its own loopback, so the default port cannot
 # collide with anything on the host and no mDNS packet reaches the host's network.
@@ -46,6 +50,13 @@ BATON_PORT={PORT}
 BATON_MDNS_INTERFACES=127.0.0.1
 """
 
+ORCHESTRATOR_ENV = f"""\
+# Written by tests/system: what an operator puts in /etc/baton/orchestrator.env.
+BATON_ORCHESTRATOR_HOST=127.0.0.1
+BATON_ORCHESTRATOR_PORT={ORCH_PORT}
+BATON_MDNS_INTERFACES=127.0.0.1
+"""
+
 # Test-only values; everything else comes from the shipped unit as is.
 DROP_IN = f"""\
 [Service]
@@ -61,7 +72,8 @@ FailureAction=poweroff
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/python3 {CHECK_SCRIPT} --port {PORT} --results /results
+ExecStart=/usr/bin/python3 {CHECK_SCRIPT} --port {PORT} --orchestrator-port {ORCH_PORT} \
+    --results /results
 # The script bounds each wait itself; this only stops a wedged script from holding the boot.
 TimeoutStartSec=150
 
@@ -103,11 +115,14 @@ def _install_baton(root: Path, wheels: Path) -> None:
     shutil.copy2(REPO / "devices" / "compute-node.toml", etc / "compute-node.toml")
     (etc / "supervisor.env").write_text(SUPERVISOR_ENV, encoding="utf-8")
     (etc / "supervisor.env").chmod(0o600)  # as the README says: it may hold BATON_TOKEN
+    (etc / "orchestrator.env").write_text(ORCHESTRATOR_ENV, encoding="utf-8")
+    (etc / "orchestrator.env").chmod(0o600)
 
 
 def _install_units(root: Path) -> None:
     units = root / "etc" / "systemd" / "system"
     shutil.copy2(REPO / "systemd" / UNIT, units / UNIT)
+    shutil.copy2(REPO / "systemd" / ORCH_UNIT, units / ORCH_UNIT)  # unchanged, no drop-in
     drop_in = units / f"{UNIT}.d"
     drop_in.mkdir()
     (drop_in / "test.conf").write_text(DROP_IN, encoding="utf-8")
@@ -118,7 +133,7 @@ def _install_units(root: Path) -> None:
     # `systemctl enable` follows the units' [Install] sections, as on a real device.
     _checked(
         subprocess.run(
-            ["systemctl", f"--root={root}", "enable", UNIT, CHECK_UNIT],
+            ["systemctl", f"--root={root}", "enable", UNIT, ORCH_UNIT, CHECK_UNIT],
             capture_output=True,
             text=True,
             check=False,
@@ -238,6 +253,21 @@ def test_systemd_keeps_supervisor_alive_and_restarts_it_on_watchdog() -> None:
         assert after.get("health") == 200, f"/health after the restart: {after}" + context
         assert after.get("uid") in DYNAMIC_UIDS, after
         assert boot.returncode == 0, "the container did not power off cleanly" + context
+
+        # The orchestrator under its shipped unit, from the same wheels: the built-in
+        # datalist bootstrapped (so the wheel carries orchestrator/builtin/), a value stored
+        # under DynamicUser + ProtectSystem=strict and read back.
+        orch = report.get("orchestrator", {})
+        orch_context = (
+            f"\n--- journal -u {ORCH_UNIT} ---\n"
+            f"{_read(results / 'orchestrator-journal.txt')[-6000:]}"
+        )
+        assert orch.get("active") and orch.get("health") == 200, f"{orch}" + orch_context
+        assert orch.get("uid") in DYNAMIC_UIDS, orch
+        assert orch.get("datalist") == "ACTIVE", f"{orch}" + orch_context
+        assert orch.get("run") == [200, 7], f"{orch}" + orch_context
+        assert orch.get("results") == [7], f"{orch}" + orch_context
+        assert {"results", "state.json", "blobs"} <= set(orch.get("state_entries", [])), orch
 
         timings["ready after boot"] = report["ready_after_s"]
         timings["hang to healthy again"] = report["recovered_after_s"]
