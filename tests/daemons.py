@@ -128,8 +128,11 @@ async def supervisor_fleet(root: Path, count: int) -> AsyncIterator[list[Supervi
             sup.kill()
 
 
-async def until(probe: Callable[[], Awaitable[T | None]], within_s: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``within_s`` seconds."""
+async def until(
+    probe: Callable[[], Awaitable[T | None]], within_s: float, what: str, poll_s: float = 0.1
+) -> T:
+    """Poll ``probe`` every ``poll_s`` until it returns something truthy; fail after
+    ``within_s`` seconds."""
     deadline = time.monotonic() + within_s
     while True:
         result = await probe()
@@ -137,7 +140,7 @@ async def until(probe: Callable[[], Awaitable[T | None]], within_s: float, what:
             return result
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(poll_s)
 
 
 async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
@@ -151,12 +154,15 @@ async def post_json(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> 
 
 
 def module_form(name: str) -> aiohttp.FormData:
-    """``POST /modules`` body for ``build/wasm/<name>.wasm`` and ``modules/<name>``."""
+    """``POST /modules`` body for ``build/wasm/<name>.wasm`` and ``modules/<name>``: its
+    functions.json and its data files (``*.txt``, e.g. textfile's prefix.txt)."""
     form = aiohttp.FormData()
     form.add_field("name", name)
     form.add_field("wasm", (WASM_DIR / f"{name}.wasm").read_bytes(), filename=f"{name}.wasm")
     functions = (ROOT / "modules" / name / "functions.json").read_bytes()
     form.add_field("functions", functions, filename="functions.json")
+    for data in sorted((ROOT / "modules" / name).glob("*.txt")):
+        form.add_field(data.name, data.read_bytes(), filename=data.name)
     return form
 
 

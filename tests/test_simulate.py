@@ -10,7 +10,6 @@ test starts is killed in ``finally``; waits poll with deadlines.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,23 +31,12 @@ from supervisor.app import _advertised_addresses
 from supervisor.config import Settings as SupervisorSettings
 from supervisor.platform import local_ipv4_addresses
 from tests.conftest import ROOT, free_port
+from tests.daemons import until
 from tests.orchestration import OrchestratorFactory
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], within_s: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

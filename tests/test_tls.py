@@ -18,7 +18,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,9 @@ from supervisor import config as sup_config
 from supervisor.app import build_app as build_supervisor
 from supervisor.routes.context import SERVICES
 from supervisor.tls import client_context, server_context
+from tests import daemons
 from tests.certs import Authority, ServerCert
-from tests.conftest import ROOT, WASM_DIR, free_port
+from tests.conftest import ROOT, free_port
 from tests.mdns_browser import Browser
 
 T = TypeVar("T")
@@ -83,15 +83,7 @@ def trusting(ca: Path, token: str | None = None) -> aiohttp.ClientSession:
 
 
 async def until(probe: Callable[[], Awaitable[T | None]], within_s: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await daemons.until(probe, within_s, what, poll_s=0.05)
 
 
 class Bodies:
@@ -110,15 +102,6 @@ class Bodies:
             return resp.status, json.loads(text)
         except ValueError:
             return resp.status, text
-
-
-def module_form(name: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("name", name)
-    form.add_field("wasm", (WASM_DIR / f"{name}.wasm").read_bytes(), filename=f"{name}.wasm")
-    functions = (ROOT / "modules" / name / "functions.json").read_bytes()
-    form.add_field("functions", functions, filename="functions.json")
-    return form
 
 
 def fibo(n: int) -> int:
@@ -356,7 +339,7 @@ async def test_https_fleet_registers_deploys_chains_and_never_logs_the_token(
 
         # A module, a two-hop deployment across both https devices, and a run.
         status, module = await bodies.request(
-            auth, "POST", f"{orch.url}/modules", data=module_form("fibo")
+            auth, "POST", f"{orch.url}/modules", data=daemons.module_form("fibo")
         )
         assert status in (200, 201), module
         manifest = {
@@ -673,7 +656,7 @@ async def test_real_daemons_over_https_find_deploy_run_and_never_log_the_token(
             assert seen["txt"]["id"] == device["id"]
 
             status, module = await bodies.request(
-                auth, "POST", f"{orch_url}/modules", data=module_form("fibo")
+                auth, "POST", f"{orch_url}/modules", data=daemons.module_form("fibo")
             )
             assert status in (200, 201), module
             manifest = {"name": f"tls-{tag}", "sequence": [{"module": "fibo", "func": "fibo"}]}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests import daemons
 from tests.chaos import knobs
 from tests.chaos.flaky_link import FlakyLink
 from tests.orchestration import Orchestrator, OrchestratorFactory
@@ -104,17 +104,9 @@ class Rig:
         return later
 
 
-async def until(
-    predicate: Callable[[], Awaitable[Any]], within_s: float, what: str, poll_s: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {within_s} s: {what}")
-        await asyncio.sleep(poll_s)
+async def until(predicate: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
+    # Hysteresis is judged check by check: look twice as often as the shared default.
+    return await daemons.until(predicate, within_s, what, poll_s=0.05)
 
 
 @asynccontextmanager

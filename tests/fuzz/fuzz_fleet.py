@@ -18,8 +18,7 @@ from typing import Any
 import aiohttp
 
 from supervisor.protocol import DESCRIPTION_PATH
-from tests.conftest import ROOT, WASM_DIR
-from tests.daemons import OrchestratorProcess
+from tests.daemons import OrchestratorProcess, module_form
 from tests.support import SupervisorProcess
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -38,17 +37,6 @@ class Seeded:
     execution_id: str
     request_id: str  # a finished textfile.upper call on the supervisor
     output_file: str
-
-
-def _module_form(name: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("name", name)
-    form.add_field("wasm", (WASM_DIR / f"{name}.wasm").read_bytes(), filename=f"{name}.wasm")
-    functions = (ROOT / "modules" / name / "functions.json").read_bytes()
-    form.add_field("functions", functions, filename="functions.json")
-    for data in (ROOT / "modules" / name).glob("*.txt"):
-        form.add_field(data.name, data.read_bytes(), filename=data.name)
-    return form
 
 
 async def _json(resp: aiohttp.ClientResponse, *ok: int) -> Any:
@@ -85,7 +73,7 @@ async def seed(orch: OrchestratorProcess, sup: SupervisorProcess) -> Seeded:
             device = await _json(r, 201)
         digests = {}
         for name in ("fibo", "textfile"):
-            async with s.post(orch.url + "/modules", data=_module_form(name)) as r:
+            async with s.post(orch.url + "/modules", data=module_form(name)) as r:
                 digests[name] = (await _json(r, 201))["digest"]
         deployments = {}
         for name, func in (("fibo", "fibo"), ("textfile", "upper")):
