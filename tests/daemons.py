@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import aiohttp
 
 from orchestrator.lifecycle import TRANSITIONS, Event, State
 from tests.conftest import ROOT, WASM_DIR, free_port
-from tests.support import SupervisorProcess
+from tests.support import SupervisorProcess, clean_env
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
@@ -70,7 +69,7 @@ class OrchestratorProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
+        env = clean_env()
         argv = [
             str(BIN / "baton-orchestrator"),
             "--host",

@@ -25,6 +25,12 @@ def sha256_of(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Baton's settings (``BATON_*``, ``WASMIOT_*``), so a
+    daemon a test starts sees only what the test gives it; plus ``extra``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))} | extra
+
+
 HITS: web.AppKey[dict[str, int]] = web.AppKey("hits", dict)
 
 
@@ -231,8 +237,7 @@ class SupervisorProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
-        env.update(self.env)
+        env = clean_env(**self.env)
         argv = [
             *self.argv0,
             "--host",

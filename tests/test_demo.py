@@ -14,6 +14,7 @@ import sys
 import psutil
 
 from tests.conftest import ROOT
+from tests.support import clean_env
 
 
 def _session_members(sid: int) -> list[psutil.Process]:
@@ -28,7 +29,7 @@ def _session_members(sid: int) -> list[psutil.Process]:
 
 
 def test_demo_runs_the_image_pipeline_on_three_devices_and_cleans_up() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
+    env = clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "demo"],
         cwd=ROOT,

@@ -11,7 +11,6 @@ test starts is killed in ``finally``; waits poll with deadlines.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,15 +32,11 @@ from supervisor.platform import local_ipv4_addresses
 from tests.conftest import ROOT, free_port
 from tests.daemons import until
 from tests.orchestration import OrchestratorFactory
+from tests.support import clean_env
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
-    return env | extra
 
 
 class Process:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import secrets
 import signal
@@ -40,6 +39,7 @@ from tests import daemons
 from tests.certs import Authority, ServerCert
 from tests.conftest import ROOT, free_port
 from tests.mdns_browser import Browser
+from tests.support import clean_env
 
 T = TypeVar("T")
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -183,7 +183,7 @@ def test_orchestrator_public_url_follows_tls(pki: Pki) -> None:
 def test_bad_tls_files_exit_2_with_one_clear_line(
     argv0: list[str], pki: Pki, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
+    env = clean_env()
     base = [*argv0, "--state-dir", str(tmp_path / "state"), "--mdns-interfaces", "none"]
     cases = [
         (["--tls-cert", str(pki.sup_a.cert)], "go together"),
@@ -587,7 +587,7 @@ async def test_real_daemons_over_https_find_deploy_run_and_never_log_the_token(
     name = f"tls-proc-{tag}"
     orch_port, sup_port = free_port(), free_port()
     orch_url, sup_url = f"https://127.0.0.1:{orch_port}", f"https://127.0.0.1:{sup_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "WASMIOT_"))}
+    env = clean_env()
     orch = Daemon(
         [
             str(BIN / "baton-orchestrator"),
