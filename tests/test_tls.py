@@ -86,6 +86,17 @@ async def until(probe: Callable[[], Awaitable[T | None]], within_s: float, what:
     return await daemons.until(probe, within_s, what, poll_s=0.05)
 
 
+async def registration_error(sup: Served, what: str) -> str:
+    """Why the supervisor app ``sup`` failed to register, once it has (within 15 s)."""
+    registrar = sup.app[SERVICES].registrar
+    assert registrar is not None
+
+    async def error() -> str | None:
+        return registrar.last_error
+
+    return await until(error, 15, what)
+
+
 class Bodies:
     """Every response body a test saw, to check none of them carries the token."""
 
@@ -328,13 +339,7 @@ async def test_https_fleet_registers_deploys_chains_and_never_logs_the_token(
         await until(both_checked, 15, "a health round over https")
 
         # sup-c's registration is refused for its token (and it says why).
-        c_registrar = sup_c.app[SERVICES].registrar
-        assert c_registrar is not None
-
-        async def c_refused() -> str | None:
-            return c_registrar.last_error
-
-        refused = await until(c_refused, 15, "sup-c's registration to be refused")
+        refused = await registration_error(sup_c, "sup-c's registration to be refused")
         assert "HTTP 401" in refused and "bearer token" in refused, refused
 
         # A module, a two-hop deployment across both https devices, and a run.
@@ -467,13 +472,7 @@ async def test_an_orchestrator_with_another_ca_refuses_the_device(
     plain_port = int(plain.url.rsplit(":", 1)[1])
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         # 1. Its own registration: the orchestrator answers 502 and the device logs why.
-        registrar = sup.app[SERVICES].registrar
-        assert registrar is not None
-
-        async def refused_registration() -> str | None:
-            return registrar.last_error
-
-        error = await until(refused_registration, 15, "the registration to be refused")
+        error = await registration_error(sup, "the registration to be refused")
         assert "HTTP 502" in error and "certificate verify failed" in error, error
         assert f"https://127.0.0.1:{port}" in error, error
 
