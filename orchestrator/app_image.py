@@ -246,10 +246,8 @@ def _check_application(app: ApplicationSpec) -> None:
         if not pipeline.sequence:
             raise ImageError("must list at least one step", field=f"{at}.sequence")
         for key, limit in pipeline.limits.items():
-            for attr in Limits.__struct_fields__:
-                value = getattr(limit, attr)
-                if value is not None and value <= 0:
-                    raise ImageError("must be positive", field=f"{at}.limits[{key!r}].{attr}")
+            if (attr := limit.nonpositive()) is not None:
+                raise ImageError("must be positive", field=f"{at}.limits[{key!r}].{attr}")
     listed: set[str] = set()
     for i, name in enumerate(app.packages):
         _name(name, f"{where}.packages[{i}]")

@@ -172,10 +172,8 @@ def _validate(d: Descriptor) -> None:
         if not zone or not zone.isprintable():
             raise Unprocessable("a zone is a non-empty printable name", field=f"params.zones[{i}]")
     for key, limits in d.params.limitations.items():
-        for attr in Limits.__struct_fields__:
-            value = getattr(limits, attr)
-            if value is not None and value <= 0:
-                raise Unprocessable("must be positive", field=f"params.limitations[{key!r}].{attr}")
+        if (attr := limits.nonpositive()) is not None:
+            raise Unprocessable("must be positive", field=f"params.limitations[{key!r}].{attr}")
 
 
 def merge_limits(*layers: Limits | None) -> Limits:

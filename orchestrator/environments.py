@@ -82,10 +82,8 @@ def make_environment(name: str, spec: EnvironmentSpec) -> Environment:
     for i, zone in enumerate(spec.zones):
         if not zone or len(zone) > 128 or not zone.isprintable():
             raise Unprocessable("a zone is a non-empty printable name", field=f"zones[{i}]")
-    for attr in Limits.__struct_fields__:
-        value = getattr(spec.limits, attr)
-        if value is not None and value <= 0:
-            raise Unprocessable("must be positive", field=f"limits.{attr}")
+    if (attr := spec.limits.nonpositive()) is not None:
+        raise Unprocessable("must be positive", field=f"limits.{attr}")
     if len(spec.description) > 1000:
         raise Unprocessable("at most 1000 characters", field="description")
     return Environment(

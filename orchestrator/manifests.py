@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from orchestrator.model import Limits, Manifest, ModuleRecord
+from orchestrator.model import Manifest, ModuleRecord
 
 __all__ = [
     "IMMUTABLE_FIELDS",
@@ -125,11 +125,8 @@ def _validate(manifest: Manifest) -> None:
     if not 1 <= manifest.partitions <= MAX_PARTITIONS:
         raise ManifestError("partitions", f"must be between 1 and {MAX_PARTITIONS}")
     for key, limits in manifest.limits.items():
-        for attr in Limits.__struct_fields__:
-            value = getattr(limits, attr)
-            # Zero or negative budgets would make every call fail; that is a typo, not a wish.
-            if value is not None and value <= 0:
-                raise ManifestError(f"limits[{_quote(key)}].{attr}", "must be positive")
+        if (attr := limits.nonpositive()) is not None:
+            raise ManifestError(f"limits[{_quote(key)}].{attr}", "must be positive")
 
 
 def _quote(key: str) -> str:

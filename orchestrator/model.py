@@ -29,6 +29,15 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     fuel: int | None = None
     memoryBytes: int | None = None
 
+    def nonpositive(self) -> str | None:
+        """The first field set to zero or less, or None. Such a budget would make every call
+        fail: a typo, not a wish, so every place that accepts limits refuses it."""
+        for attr in self.__struct_fields__:
+            value = getattr(self, attr)
+            if value is not None and value <= 0:
+                return attr
+        return None
+
 
 class Constraints(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """Where the pipeline may run: every label must match; ``zones`` empty = anywhere."""
