@@ -20,7 +20,6 @@ recorded in a bounded in-memory history shaped like a supervisor's
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -41,7 +40,7 @@ from orchestrator.results import ResultStore
 from orchestrator.store import Store
 from orchestrator.supervisor_client import DeviceAddress, SupervisorClient
 from supervisor import protocol
-from supervisor.protocol import DeploymentNode, HistoryEntry
+from supervisor.protocol import DeploymentNode, HistoryEntry, node_digest
 
 __all__ = [
     "CORE_ID",
@@ -52,7 +51,6 @@ __all__ = [
     "CoreDevice",
     "RoutingClient",
     "core_device",
-    "node_digest",
 ]
 
 CORE_ID = "orchestrator"
@@ -91,12 +89,6 @@ def core_device(base_url: str) -> Device:
         tls=tls,
         core=True,
     )
-
-
-def node_digest(node: DeploymentNode) -> str:
-    """Hex sha256 of a mini-manifest's canonical form (what a supervisor acknowledges)."""
-    canonical = msgspec.json.encode(msgspec.to_builtins(node), order="sorted")
-    return hashlib.sha256(canonical).hexdigest()
 
 
 @dataclass(frozen=True)

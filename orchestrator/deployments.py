@@ -53,14 +53,13 @@ from orchestrator.revisions import (
     Deployment,
     Revision,
     explain,
-    node_key,
     partition_count,
     without_candidates,
 )
 from orchestrator.solution import build_nodes
 from orchestrator.store import Store
 from orchestrator.supervisor_client import SupervisorClient
-from supervisor.protocol import DeploymentNode
+from supervisor.protocol import DeploymentNode, node_digest
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -149,7 +148,7 @@ class Deployments:
                 continue
             for key, node in dep.revision(dep.active).nodes.items():
                 if jobs.device_of(key) == device_id:
-                    desired[node.deploymentId] = (node_key(node), node)
+                    desired[node.deploymentId] = (node_digest(node), node)
         return desired, busy
 
     async def fail_over(self, device_id: str) -> list[str]:
@@ -537,7 +536,7 @@ class Deployments:
         """device id -> digest of the mini-manifest revision ``number`` puts there."""
         if number is None:
             return {}
-        return {d: node_key(n) for d, n in dep.revision(number).nodes.items()}
+        return {d: node_digest(n) for d, n in dep.revision(number).nodes.items()}
 
     async def _deploy(self, dep: Deployment, rev: Revision) -> None:
         steps = plan.plan_apply(self._keys(dep, dep.active), self._keys(dep, rev.number))
@@ -690,7 +689,7 @@ class Deployments:
     def _update_jobs(self, dep: Deployment, rev: Revision) -> None:
         dep.jobs = {
             device: {
-                "scheduled": f"sha256:{node_key(node)}",
+                "scheduled": f"sha256:{node_digest(node)}",
                 "current": rev.node_digests.get(device),  # as the device reported it
             }
             for device, node in rev.nodes.items()

@@ -5,7 +5,6 @@ body), and pure helpers over them. No I/O; :mod:`orchestrator.deployments` appli
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +16,7 @@ from orchestrator.model import Manifest
 from orchestrator.placement import Placement
 from supervisor.protocol import DeploymentNode
 
-__all__ = ["Deployment", "Revision", "explain", "node_key", "partition_count", "without_candidates"]
+__all__ = ["Deployment", "Revision", "explain", "partition_count", "without_candidates"]
 
 
 class Revision(msgspec.Struct):
@@ -74,13 +73,6 @@ def partition_count(dep: Deployment) -> int:
 
 def without_candidates(placement: Placement) -> Placement:
     return Placement(steps=[msgspec.structs.replace(s, candidates=[]) for s in placement.steps])
-
-
-def node_key(node: DeploymentNode) -> str:
-    """A stable digest of a mini-manifest (what plan_apply compares between revisions)."""
-    return hashlib.sha256(
-        msgspec.json.encode(msgspec.to_builtins(node), order="sorted")
-    ).hexdigest()
 
 
 def explain(dep: Deployment) -> Mapping[str, Any]:

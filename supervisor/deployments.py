@@ -16,7 +16,6 @@ garbage-collected after removals and at start-up (left behind by a crash mid-dep
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
@@ -66,12 +65,6 @@ class Installed:
             ],
             "endpoints": {m: sorted(fs) for m, fs in self.node.endpoints.items()},
         }
-
-
-def content_digest(node: DeploymentNode) -> str:
-    """Canonical digest of a mini-manifest: same content, same digest, whatever the key order."""
-    canonical = msgspec.json.encode(msgspec.to_builtins(node), order="sorted")
-    return hashlib.sha256(canonical).hexdigest()
 
 
 class Deployments:
@@ -147,7 +140,7 @@ class Deployments:
             protocol.validate_node(node)
         except protocol.ProtocolError as err:
             raise Unprocessable(str(err), field=err.field) from err
-        digest = content_digest(node)
+        digest = protocol.node_digest(node)
         lock = self._locks.setdefault(node.deploymentId, asyncio.Lock())
         async with lock:
             current = self._installed.get(node.deploymentId)

@@ -14,6 +14,7 @@ the JSON path of the offending field. This module is pure and is the only part o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Literal, TypeVar
 
@@ -289,6 +290,14 @@ def validate_node(node: DeploymentNode) -> None:
                         raise ProtocolError(
                             "limits must be positive", field=f"baton.limits.{mod_name}.{func}.{key}"
                         )
+
+
+def node_digest(node: DeploymentNode) -> str:
+    """Hex sha256 of a mini-manifest's canonical form (keys sorted): what a device acknowledges
+    a deployment with, and what an orchestrator compares to know a device is up to date. Both
+    sides must compute it the same way, so it lives here."""
+    canonical = msgspec.json.encode(msgspec.to_builtins(node), order="sorted")
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def normalise_digest(digest: str) -> str:

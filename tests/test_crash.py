@@ -23,7 +23,6 @@ import pytest
 
 from supervisor import protocol
 from supervisor.config import Settings
-from supervisor.deployments import content_digest
 from supervisor.protocol import DeploymentNode
 from tests.conftest import WASM_DIR
 from tests.stack import ServerFactory
@@ -94,7 +93,9 @@ def expected_prefix(variant: int) -> bytes:
 
 def predicted_digest(node: dict[str, Any]) -> str:
     """The digest the daemon will report for ``node`` (checked against every 200 it sends)."""
-    return "sha256:" + content_digest(protocol.decode(json.dumps(node).encode(), DeploymentNode))
+    return "sha256:" + protocol.node_digest(
+        protocol.decode(json.dumps(node).encode(), DeploymentNode)
+    )
 
 
 async def call_fibo(session: aiohttp.ClientSession, url: str, dep_id: str, n: int) -> Any:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.core_device import CoreDevice, core_device, node_digest
+from orchestrator.core_device import CoreDevice, core_device
 from orchestrator.devices import DeviceRegistry
 from orchestrator.errors import Conflict, DeviceError
 from orchestrator.results import ResultStore
@@ -27,6 +27,7 @@ from supervisor.protocol import (
     ModuleUrls,
     Parameter,
     Schema,
+    node_digest,
 )
 from tests.cli_run import baton
 from tests.daemons import fibo

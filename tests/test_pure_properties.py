@@ -195,7 +195,7 @@ def test_history_is_bounded_and_never_evicts_pending(limit: int, finished: list[
 
 
 def test_content_digest_ignores_key_order() -> None:
-    from supervisor.deployments import content_digest
+    from supervisor.protocol import node_digest
 
     body: dict[str, Any] = {
         "deploymentId": "d",
@@ -214,10 +214,10 @@ def test_content_digest_ignores_key_order() -> None:
     reordered["modules"][0]["urls"]["other"] = {"b": "v", "a": "u"}
     a = protocol.decode(json.dumps(body).encode(), protocol.DeploymentNode)
     b = protocol.decode(json.dumps(reordered).encode(), protocol.DeploymentNode)
-    assert content_digest(a) == content_digest(b)
+    assert node_digest(a) == node_digest(b)
     body["modules"][0]["urls"]["other"]["a"] = "changed"
     c = protocol.decode(json.dumps(body).encode(), protocol.DeploymentNode)
-    assert content_digest(c) != content_digest(a)
+    assert node_digest(c) != node_digest(a)
 
 
 def test_invalid_json_from_a_guest_is_a_guest_error() -> None:
