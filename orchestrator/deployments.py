@@ -286,7 +286,15 @@ class Deployments:
         chains = [p.devices() for p in dep.revision(dep.active).placements()]
         if not chains:
             raise Unprocessable("the active revision has no placement", field="deployment")
-        unhealthy = {d.id for d in self._devices.all() if d.health.status != "healthy"}
+        # Only the chains' own devices matter: look those up, not the whole (sorted) fleet,
+        # on every execution.
+        unhealthy = {
+            device_id
+            for chain in chains
+            for device_id in chain
+            if (device := self._devices.find(device_id)) is not None
+            and device.health.status != "healthy"
+        }
         turn = self._turns.get(dep.id, 0)
         self._turns[dep.id] = turn + 1
         k = choose_partition(chains, unhealthy, turn)
